@@ -1,0 +1,3 @@
+from whisper_lens.model import HookedWhisper
+
+__all__ = ["HookedWhisper"]

