@@ -545,6 +545,22 @@ class HookedWhisper(HookedRootModule):
             return out, WhisperActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
+    def transcribe(
+        self,
+        audio: Any,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
+        max_new_tokens: int | None = None,
+    ) -> list:
+        """Greedy transcripts (list of `Transcription`), one per 30 s window, hooks live at every
+        step (see `whisper_lens.generate` for what a decoder hook sees)."""
+        from whisper_lens.generate import greedy_decode
+
+        return greedy_decode(self, audio, language=language, task=task, fwd_hooks=fwd_hooks,
+                             max_new_tokens=max_new_tokens)
+
     def to(self, *args: Any, **kwargs: Any) -> HookedWhisper:  # type: ignore[override]
         device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None and torch.device(device).type == "mps" and (dtype or self.dtype) == torch.float64:
