@@ -84,6 +84,8 @@ def _mlp_rows(ln: str, pos: str) -> list[HookSpec]:
     ]
 
 
+_PER_HEAD_LN = " (with `use_attn_in` or `use_split_qkv_input` it gains a `head` axis before the last)"
+
 STEM: list[HookSpec] = [
     HookSpec("hook_conv1", "batch mel_frame d_model", "conv1 output after GELU"),
     HookSpec("hook_audio_embed", "batch audio_pos d_model", "conv2 output after GELU"),
@@ -93,7 +95,7 @@ STEM: list[HookSpec] = [
 ENCODER_BLOCK: list[HookSpec] = [
     HookSpec("hook_resid_pre", "batch audio_pos d_model", "residual stream into the block"),
     *_split_input_rows("audio_pos"),
-    *_ln_rows("ln1", "audio_pos", "self-attention"),
+    *_ln_rows("ln1", "audio_pos", "self-attention" + _PER_HEAD_LN),
     *_attn_rows("attn", "query_pos", "key_pos", gated=True),
     HookSpec("hook_attn_out", "batch audio_pos d_model", "self-attention output"),
     HookSpec("hook_resid_mid", "batch audio_pos d_model", "residual stream after self-attention"),
@@ -113,7 +115,7 @@ DECODER_EMBED: list[HookSpec] = [
 DECODER_BLOCK: list[HookSpec] = [
     HookSpec("hook_resid_pre", "batch text_pos d_model", "residual stream into the block"),
     *_split_input_rows("text_pos"),
-    *_ln_rows("ln1", "text_pos", "self-attention"),
+    *_ln_rows("ln1", "text_pos", "self-attention" + _PER_HEAD_LN),
     *_attn_rows("attn", "query_pos", "key_pos", gated=True),
     HookSpec("hook_attn_out", "batch text_pos d_model", "self-attention output"),
     HookSpec("hook_resid_mid", "batch text_pos d_model", "residual stream after self-attention"),

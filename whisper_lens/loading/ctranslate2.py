@@ -29,7 +29,7 @@ def _read(buf: io.BytesIO, fmt: str) -> tuple:
     size = struct.calcsize(fmt)
     data = buf.read(size)
     if len(data) != size:
-        raise CT2FormatError("model.bin ends early: the file is truncated or a split part is missing")
+        raise CT2FormatError("model.bin ends early: the file is truncated or a split part (model.bin.partN) is missing")
     return struct.unpack(fmt, data)
 
 
@@ -59,7 +59,10 @@ def parse_model_bin(data: bytes) -> dict[str, Tensor]:
         (n_bytes,) = _read(buf, "<I")
         payload = buf.read(n_bytes)
         if len(payload) != n_bytes:
-            raise CT2FormatError(f"model.bin ends inside variable {name!r}: the file is truncated")
+            raise CT2FormatError(
+                f"model.bin ends inside variable {name!r}: the file is truncated or a split part "
+                "(model.bin.partN) is missing"
+            )
         if dtype_id not in _DTYPES:
             raise CT2FormatError(f"variable {name!r} has unknown dtype id {dtype_id}")
         if dtype_id == 5:

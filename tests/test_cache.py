@@ -1,0 +1,68 @@
+"""Unit tier: the stack-aware ActivationCache's decompositions add up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens.ActivationCache import ActivationCache
+
+from tests.conftest import make_inputs
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model):
+    mel, tokens = make_inputs(tiny_model.dims)
+    with torch.no_grad():
+        logits, cache = tiny_model.run_with_cache(mel, tokens)
+    return tiny_model, tokens, logits, cache
+
+
+def test_cache_is_a_transformer_lens_activation_cache(run):
+    _, _, _, cache = run
+    assert isinstance(cache, ActivationCache)
+    assert torch.equal(cache["resid_post", 1, "encoder"], cache["encoder_blocks.1.hook_resid_post"])
+    assert torch.equal(cache["cross_pattern", -1, "decoder"], cache["decoder_blocks.1.cross_attn.hook_pattern"])
+    with pytest.raises(KeyError, match="stack"):
+        cache["resid_post", 1]
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_decompose_resid_sums_to_the_residual_stream(run, stack):
+    model, _, _, cache = run
+    n = model.dims.n_audio_layer if stack == "encoder" else model.dims.n_text_layer
+    for layer in range(n + 1):
+        parts, labels = cache.decompose_resid(layer, stack=stack, return_labels=True)
+        target = cache[f"{stack}_blocks.{layer}.hook_resid_pre"] if layer < n else \
+            cache[f"{stack}_blocks.{n - 1}.hook_resid_post"]
+        torch.testing.assert_close(parts.sum(0), target, atol=1e-4, rtol=0)
+        assert len(labels) == parts.shape[0]
+    if stack == "decoder":
+        assert "0_cross_attn" in cache.decompose_resid(stack="decoder", return_labels=True)[1]
+
+
+def test_accumulated_resid_lists_the_stream_before_each_block(run):
+    model, _, _, cache = run
+    stack, labels = cache.accumulated_resid(stack="decoder", incl_mid=True, return_labels=True)
+    assert labels == ["0_pre", "0_mid", "0_mid_cross", "1_pre", "1_mid", "1_mid_cross", "final_post"]
+    assert torch.equal(stack[-1], cache["decoder_blocks.1.hook_resid_post"])
+    normed = cache.accumulated_resid(stack="encoder", apply_ln=True)
+    assert normed.shape[0] == model.dims.n_audio_layer + 1
+
+
+def test_logit_attrs_of_decomposition_sum_to_logits(run):
+    model, tokens, logits, cache = run
+    parts = cache.decompose_resid(stack="decoder")
+    target = tokens  # attribute each position's logit for the token in that slot
+    attrs = cache.logit_attrs(parts, target)
+    bias_term = (model.decoder_ln_final.b @ model.W_U)[target]
+    expected = logits.gather(-1, target[..., None])[..., 0]
+    torch.testing.assert_close(attrs.sum(0) + bias_term, expected, atol=1e-3, rtol=0)
+
+
+def test_cache_offload_and_batch_dim(tiny_model):
+    mel, tokens = make_inputs(tiny_model.dims, batch=1)
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(mel, tokens, device="cpu", remove_batch_dim=True,
+                                             names_filter=lambda n: n.endswith("resid_post"))
+    assert all(n.endswith("resid_post") for n in cache.keys())
+    assert cache["decoder_blocks.0.hook_resid_post"].shape == (tokens.shape[1], tiny_model.dims.n_text_state)
