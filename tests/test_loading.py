@@ -9,7 +9,7 @@ from tests.conftest import DIMS, random_openai
 from tests.writers import write_ct2
 from whisper_lens import HookedWhisper
 from whisper_lens.loading import OPENAI_NAMES, guess_name, load_checkpoint
-from whisper_lens.model import default_dtype, resolve_device
+from whisper_lens.runtime import default_dtype, resolve_device
 
 
 def test_unknown_name_lists_names_cache_and_offline_packages(monkeypatch, tmp_path):

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from whisper_lens.runtime import keep_freed_memory
+
+    keep_freed_memory()  # long jobs: reuse freed activation buffers instead of page-faulting them in
     if getattr(args, "limit", None) is not None and args.limit < 1:
         build_parser().error("--limit must be at least 1")
     if getattr(args, "batch_size", 1) < 1:

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from whisper_lens.audio import log_mel_spectrogram, pad_or_trim
-from whisper_lens.audio import HOP_LENGTH
+from whisper_lens.audio import HOP_LENGTH, log_mel_spectrogram, pad_or_trim
 from whisper_lens.cache import WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed
 from whisper_lens.config import StackConfig, WhisperDims
 from whisper_lens.names import get_act_name
+from whisper_lens.runtime import default_dtype, resolve_device
 
 ReturnType = Literal["logits", "loss", "both"] | None
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -561,12 +561,6 @@ class HookedWhisper(HookedRootModule):
         return greedy_decode(self, audio, language=language, task=task, fwd_hooks=fwd_hooks,
                              max_new_tokens=max_new_tokens)
 
-    def to(self, *args: Any, **kwargs: Any) -> HookedWhisper:  # type: ignore[override]
-        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None and torch.device(device).type == "mps" and (dtype or self.dtype) == torch.float64:
-            raise ValueError("MPS has no float64; use float32 or float16")
-        return super().to(*args, **kwargs)
-
     def __repr__(self) -> str:
         d = self.dims
         return (
@@ -608,18 +602,3 @@ def _unknown_names(names_filter: NamesFilter, hook_dict: dict[str, HookPoint]) -
     if callable(names):
         return []
     return [n for n in names if n not in hook_dict]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> CUDA, then MPS, then CPU; anything else as given."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "cpu" else torch.float16
