@@ -1,0 +1,39 @@
+"""Acceptance tier: the example scripts run as written (so they cannot rot)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAVE_TINY_EN
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("[0-9][0-9]_*.py"))
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights,
+              pytest.mark.skipif(not HAVE_TINY_EN, reason="offline tiny.en weights not installed")]
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(script, capsys):
+    runpy.run_path(str(script), run_name="__main__")
+    assert capsys.readouterr().out.strip(), f"{script.name} printed nothing"
+
+
+def test_cli_demo_runs(capsys):
+    from whisper_lens.cli import main
+
+    assert main(["demo", "--limit", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "word error rate" in out and "hook points" in out
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    from whisper_lens.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--limit", "0"])
+    assert "--limit" in capsys.readouterr().err
+    assert main(["info", "no-such-model"]) == 2
+    assert "cannot load Whisper weights" in capsys.readouterr().err
