@@ -26,6 +26,6 @@ for name in ["hook_audio_embed", "encoder_blocks.2.hook_resid_post", "encoder_bl
 # and each component's direct effect on the logit of the token that comes next.
 parts, labels = cache.decompose_resid(stack="decoder", return_labels=True)
 next_tokens = tokens[:, 1:]
-attrs = cache.logit_attrs(parts[:, :, :-1], next_tokens)  # [component batch text_pos]
+attrs = cache.logit_attrs(parts[:, :, :-1], next_tokens, pos_slice=(0, -1))  # [component batch text_pos]
 top = attrs[:, 0].mean(-1).argsort(descending=True)[:5]
 print("components that most raise the correct next token:", [labels[i] for i in top])
