@@ -1,4 +1,12 @@
-"""Audio -> log-mel: Whisper's front end, per item.
+"""Audio in: loading, log-mel, and batches that know which frames are real.
+
+    load_audio(path or array) -> 16 kHz mono float32
+    AudioBatch.from_audio(items)          one clip per 30 s window (padding masked)
+    AudioBatch.from_audio(items, chunk=True)   long clips split into consecutive windows
+    AudioBatch.pack(items, gap_s=0.2)     several short clips per window, each clip's span recorded
+
+A typical clip fills 10-20% of Whisper's 30 s window; `audio_mask` marks the encoder positions
+(50 per second) that hold real audio, and everything downstream takes its mask from here.
 
 openai-whisper's `log_mel_spectrogram` clamps every value to (max - 8) where the max is taken
 over the whole tensor, so items in a batch change each other. Here the max is per item, which
@@ -7,19 +15,28 @@ equals openai-whisper's result for each item computed alone.
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from whisper.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, mel_filters
+from whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE, mel_filters
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 AUDIO_POS_PER_SECOND = FRAMES_PER_SECOND // 2  # 50 encoder positions per second (conv2 stride 2)
 
-__all__ = ["SAMPLE_RATE", "HOP_LENGTH", "N_FFT", "FRAMES_PER_SECOND", "AUDIO_POS_PER_SECOND",
-           "log_mel_spectrogram", "pad_or_trim"]
+__all__ = ["SAMPLE_RATE", "HOP_LENGTH", "N_FFT", "N_SAMPLES", "FRAMES_PER_SECOND", "AUDIO_POS_PER_SECOND",
+           "load_audio", "log_mel_spectrogram", "pad_or_trim", "AudioBatch", "Span"]
 
 
 @lru_cache(maxsize=8)
@@ -55,3 +72,226 @@ def log_mel_spectrogram(
     floor = log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0
     log_spec = (torch.maximum(log_spec, floor) + 4.0) / 4.0
     return log_spec[0] if squeeze else log_spec
+
+
+# ---------------------------------------------------------------------------- loading
+def load_audio(source: str | os.PathLike | np.ndarray | Tensor, *, sample_rate: int | None = None,
+               name: str | None = None) -> Float[np.ndarray, "samples"]:
+    """16 kHz mono float32 from a file (wav/flac/ogg/mp3 through soundfile; other formats through
+    ffmpeg when it is installed) or an array (`sample_rate` defaults to 16000 for arrays).
+
+    Stereo is averaged, integer PCM scaled to [-1, 1), other rates resampled with soxr."""
+    if isinstance(source, (str, os.PathLike)):
+        audio, rate = _read_file(Path(source))
+        label = str(source)
+        if sample_rate is not None and sample_rate != rate:
+            raise ValueError(f"{label}: the file says {rate} Hz but sample_rate={sample_rate} was passed; "
+                             "drop sample_rate (files carry their own)")
+    else:
+        label = name or "audio array"
+        audio, rate = _as_float(np.asarray(source.cpu() if isinstance(source, Tensor) else source), label), \
+            sample_rate or SAMPLE_RATE
+    if audio.size == 0:
+        raise ValueError(f"{label}: the audio is empty")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{label}: the audio has NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, rate, SAMPLE_RATE)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _read_file(path: Path) -> tuple[np.ndarray, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        return data.mean(axis=1), rate
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        if shutil.which("ffmpeg") is None:
+            raise ValueError(
+                f"{path}: soundfile cannot read this {path.suffix or 'file'} ({err}); it reads wav, flac, ogg "
+                "and mp3. Install ffmpeg (e.g. apt-get install ffmpeg) for other formats, or convert the file."
+            ) from err
+    cmd = ["ffmpeg", "-nostdin", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+    result = subprocess.run(cmd, capture_output=True)
+    if result.returncode != 0:
+        raise ValueError(f"{path}: ffmpeg could not decode it: {result.stderr.decode(errors='replace')[-300:]}")
+    return np.frombuffer(result.stdout, np.int16).astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+def _as_float(array: np.ndarray, label: str) -> np.ndarray:
+    """Float32 mono from a float or integer-PCM array, 1-D or [samples channels] (either order)."""
+    if array.ndim not in (1, 2):
+        raise ValueError(f"{label}: expected a 1-D waveform or [samples channels], got shape {array.shape}")
+    if array.dtype.kind == "f":
+        out = array.astype(np.float32)
+    elif array.dtype.kind in "iu":
+        half = 2 ** (8 * array.dtype.itemsize - 1)
+        out = (array.astype(np.float32) - (half if array.dtype.kind == "u" else 0)) / half
+    else:
+        raise ValueError(f"{label}: cannot read audio samples of dtype {array.dtype}")
+    if out.ndim == 2:  # channels are on the shorter axis
+        out = out.mean(axis=0 if out.shape[0] < out.shape[1] else 1)
+    return out
+
+
+# ---------------------------------------------------------------------------- batches
+@dataclass(frozen=True)
+class Span:
+    """Where one clip sits in a window."""
+
+    id: str  # the clip
+    start_s: float  # start within the window, seconds
+    end_s: float  # end within the window, seconds
+    text: str | None = None  # its transcript, if known
+
+
+@dataclass(frozen=True)
+class AudioBatch:
+    """Log-mel windows plus which of their frames are real audio."""
+
+    mel: Float[Tensor, "batch n_mels mel_frame"]  # one window per row
+    n_samples: Int[Tensor, "batch"]  # real samples per window (end of the last clip when packed)
+    n_frames: Int[Tensor, "batch"]  # real mel frames (100 per second, rounded up)
+    audio_mask: Bool[Tensor, "batch audio_pos"]  # real encoder positions (50 per second, rounded up)
+    ids: tuple[str, ...]  # source id of each window (packed: ids joined with "+")
+    offsets: tuple[float, ...]  # where each window starts in its source, seconds (chunked clips)
+    spans: tuple[tuple[Span, ...], ...]  # the clips inside each window
+    tokens: Int[Tensor, "batch text_pos"] | None = None  # decoder input (prompt + transcript), if text given
+    text_mask: Bool[Tensor, "batch text_pos"] | None = None  # real token positions (not padding)
+    text_start: int | None = None  # index of the first transcript token (after the prompt)
+
+    def __len__(self) -> int:
+        return self.mel.shape[0]
+
+    @property
+    def texts(self) -> list[str | None]:
+        """Each window's transcript: its clips' texts joined (None if any is unknown)."""
+        out = []
+        for spans in self.spans:
+            parts = [s.text for s in spans]
+            out.append(None if any(p is None for p in parts) else " ".join(p.strip() for p in parts))
+        return out
+
+    @property
+    def transcript_mask(self) -> Bool[Tensor, "batch text_pos"]:
+        """Token positions that hold transcript text: not the prompt, not padding."""
+        if self.tokens is None or self.text_mask is None or self.text_start is None:
+            raise ValueError("this batch has no tokens; build it with text (model.prepare(audio, text))")
+        mask = self.text_mask.clone()
+        mask[:, : self.text_start] = False
+        return mask
+
+    @property
+    def real_fraction(self) -> float:
+        """Fraction of encoder positions that hold real audio."""
+        return float(self.audio_mask.float().mean())
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> AudioBatch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, mel=self.mel.to(device, dtype or self.mel.dtype), n_samples=move(self.n_samples),
+                       n_frames=move(self.n_frames), audio_mask=move(self.audio_mask), tokens=move(self.tokens),
+                       text_mask=move(self.text_mask))
+
+    @classmethod
+    def from_audio(cls, items: Iterable[Any], *, n_mels: int = 80, chunk: bool = False,
+                   window_samples: int = N_SAMPLES) -> AudioBatch:
+        """One window per clip (or, with `chunk=True`, consecutive windows per long clip).
+
+        Items are file paths, arrays at 16 kHz, or records with `.id`, `.audio`, `.sample_rate`
+        and `.text` (like `whisper_lens.data.AudioExample`)."""
+        windows: list[tuple[np.ndarray, str, float, tuple[Span, ...]]] = []
+        for i, item in enumerate(items):
+            clip_id, audio, text = _clip(item, i)
+            seconds = len(audio) / SAMPLE_RATE
+            if len(audio) > window_samples and not chunk:
+                raise ValueError(
+                    f"{clip_id} is {seconds:.1f} s, longer than one {window_samples / SAMPLE_RATE:.0f} s window; "
+                    "pass chunk=True to split it into consecutive windows (their offsets are recorded), "
+                    "or trim it"
+                )
+            for start in range(0, max(len(audio), 1), window_samples):
+                piece = audio[start:start + window_samples]
+                offset = start / SAMPLE_RATE
+                span = Span(clip_id, 0.0, len(piece) / SAMPLE_RATE, text if len(audio) <= window_samples else None)
+                windows.append((piece, clip_id, offset, (span,)))
+        return cls._build(windows, n_mels, window_samples)
+
+    @classmethod
+    def pack(cls, items: Iterable[Any], *, gap_s: float = 0.2, n_mels: int = 80,
+             window_samples: int = N_SAMPLES) -> AudioBatch:
+        """Concatenate consecutive short clips (with `gap_s` of silence between them) into full
+        windows, in order, recording each clip's span. The silence gaps are not marked real."""
+        clips = [_clip(item, i) for i, item in enumerate(items)]
+        gap_n = int(round(gap_s * SAMPLE_RATE))
+        windows = []
+        for group in plan_windows([len(a) for _, a, _ in clips], gap_n, window_samples):
+            pieces, spans, used = [], [], 0
+            for k in group:
+                clip_id, audio, text = clips[k]
+                if pieces:
+                    pieces.append(np.zeros(gap_n, dtype=np.float32))
+                    used += gap_n
+                pieces.append(audio)
+                spans.append(Span(clip_id, used / SAMPLE_RATE, (used + len(audio)) / SAMPLE_RATE, text))
+                used += len(audio)
+            windows.append((np.concatenate(pieces), "+".join(s.id for s in spans), 0.0, tuple(spans)))
+        return cls._build(windows, n_mels, window_samples)
+
+    @classmethod
+    def _build(cls, windows, n_mels: int, window_samples: int) -> AudioBatch:
+        if not windows:
+            raise ValueError("no audio given")
+        waves = torch.stack([pad_or_trim(torch.from_numpy(w[0]), window_samples) for w in windows])
+        mel = log_mel_spectrogram(waves, n_mels)
+        n_pos = window_samples // HOP_LENGTH // 2
+        mask = torch.zeros(len(windows), n_pos, dtype=torch.bool)
+        for row, (_, _, _, spans) in enumerate(windows):
+            for span in spans:
+                mask[row, _pos(span.start_s, math.floor):_pos(span.end_s, math.ceil)] = True
+        n_samples = torch.tensor([len(w[0]) for w in windows])
+        return cls(
+            mel=mel, n_samples=n_samples, n_frames=(n_samples + HOP_LENGTH - 1) // HOP_LENGTH,
+            audio_mask=mask, ids=tuple(w[1] for w in windows), offsets=tuple(w[2] for w in windows),
+            spans=tuple(w[3] for w in windows),
+        )
+
+
+def _pos(seconds: float, rounding) -> int:
+    return int(rounding(round(seconds * AUDIO_POS_PER_SECOND, 6)))
+
+
+def plan_windows(lengths: Sequence[int], gap: int, window: int) -> list[list[int]]:
+    """Greedy in-order packing: which clips (by index) share each window."""
+    groups: list[list[int]] = []
+    used = 0
+    for i, length in enumerate(lengths):
+        if length > window:
+            raise ValueError(f"clip {i} is {length / SAMPLE_RATE:.1f} s, longer than a window; "
+                             "split it first (AudioBatch.from_audio(..., chunk=True))")
+        if groups and used + gap + length <= window:
+            groups[-1].append(i)
+            used += gap + length
+        else:
+            groups.append([i])
+            used = length
+    return groups
+
+
+def _clip(item: Any, index: int) -> tuple[str, np.ndarray, str | None]:
+    """(id, 16 kHz waveform, text) from a path, an array or an AudioExample-like record."""
+    if hasattr(item, "audio"):
+        clip_id = str(getattr(item, "id", index))
+        return clip_id, load_audio(item.audio, sample_rate=getattr(item, "sample_rate", None), name=clip_id), \
+            getattr(item, "text", None)
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item).stem, load_audio(item), None
+    return str(index), load_audio(item, name=f"item {index}"), None
+
+
+def frame_mask(batch: AudioBatch, n_frames: int) -> Bool[Tensor, "batch mel_frame"]:
+    """Real mel frames (for `hook_conv1`), from the audio-position mask."""
+    return batch.audio_mask.repeat_interleave(2, dim=1)[:, :n_frames]
+

@@ -9,9 +9,13 @@ logits equal `whisper.model.Whisper`'s to float32 rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Literal
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +25,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from whisper_lens.audio import HOP_LENGTH, log_mel_spectrogram, pad_or_trim
+from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
 from whisper_lens.cache import WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed
 from whisper_lens.config import StackConfig, WhisperDims
@@ -38,6 +42,25 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tenso
     inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
     scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
     return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+@dataclass(frozen=True)
+class _WithText:
+    """An audio item paired with its transcript (what `prepare(audio, text)` builds)."""
+
+    id: str
+    text: str
+    source: Any
+
+    @property
+    def audio(self) -> np.ndarray:
+        src = self.source
+        return load_audio(src.audio, sample_rate=getattr(src, "sample_rate", None)) if hasattr(src, "audio") \
+            else load_audio(src)
+
+    @property
+    def sample_rate(self) -> int:
+        return 16000
 
 
 class _StopForward(Exception):
@@ -362,6 +385,40 @@ class HookedWhisper(HookedRootModule):
         return self.W_U[:, index].movedim(0, -1) if index.ndim else self.W_U[:, index]
 
     # ------------------------------------------------------------------ audio input
+    def prepare(
+        self,
+        audio: Any,
+        text: str | Sequence[str] | None = None,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        chunk: bool = False,
+        pack: bool = False,
+        gap_s: float = 0.2,
+    ) -> AudioBatch:
+        """An `AudioBatch` for this model: mel windows with their real-frame masks, and, when
+        transcripts are known (`text=`, or `.text` on the items), the decoder input with its
+        padding mask and the index where the transcript starts after the prompt."""
+        items = [audio] if isinstance(audio, (str, np.ndarray)) or (isinstance(audio, Tensor) and audio.ndim == 1) \
+            else list(audio)
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if len(texts) != len(items):
+                raise ValueError(f"{len(items)} audio items but {len(texts)} transcripts")
+            items = [_WithText(_item_id(item, i), t, item) for i, (item, t) in enumerate(zip(items, texts))]
+        window = self.dims.n_mel_frames * HOP_LENGTH
+        if pack:
+            batch = AudioBatch.pack(items, gap_s=gap_s, n_mels=self.dims.n_mels, window_samples=window)
+        else:
+            batch = AudioBatch.from_audio(items, n_mels=self.dims.n_mels, chunk=chunk, window_samples=window)
+        batch = batch.to(self.device, self.dtype)
+        texts = batch.texts
+        if all(t is not None for t in texts):
+            tokens, mask = self.to_tokens(texts, language=language, task=task, return_mask=True)
+            batch = replace(batch, tokens=tokens, text_mask=mask,
+                            text_start=len(self.sot_sequence(language=language, task=task)))
+        return batch
+
     def to_mel(self, audio: Any) -> Float[Tensor, "batch n_mels mel_frame"]:
         """Encoder input from a log-mel [batch n_mels frames], a float waveform [batch samples]
         at 16 kHz, integer PCM [batch samples] (int16 scale), or a list of 1-D waveforms.
@@ -389,12 +446,19 @@ class HookedWhisper(HookedRootModule):
         mel = log_mel_spectrogram(wave.to(self.device), self.dims.n_mels)
         return mel.to(self.dtype)
 
+    def iter_activations(self, dataset: Iterable[Any], hook_name: str, **kwargs: Any) -> Iterator[Tensor]:
+        """Real-frame (encoder) or transcript-token (decoder) activations at `hook_name`; see
+        `whisper_lens.activations.iter_activations`."""
+        from whisper_lens.activations import iter_activations
+
+        return iter_activations(self, dataset, hook_name, **kwargs)
+
     # ------------------------------------------------------------------ forward
     def encode(
         self, audio: Any, *, stop_at_layer: int | None = None
     ) -> Float[Tensor, "batch audio_pos d_model"]:
         """Encoder output `xa` (or the residual stream before block `stop_at_layer`)."""
-        mel = self.to_mel(audio)
+        mel = self.to_mel(audio.mel if isinstance(audio, AudioBatch) else audio)
         x = self.hook_conv1(F.gelu(self.conv1(mel)).transpose(1, 2))
         x = self.hook_audio_embed(F.gelu(self.conv2(x.transpose(1, 2))).transpose(1, 2))
         x = x + self.hook_audio_pos_embed(self.W_pos_audio.to(x.dtype).expand(x.shape[0], -1, -1))
@@ -582,6 +646,14 @@ def next_token_loss(
     if per_token:
         return nll * mask
     return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _item_id(item: Any, index: int) -> str:
+    if hasattr(item, "id"):
+        return str(item.id)
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item).stem
+    return str(index)
 
 
 def _to_float_wave(audio: Tensor) -> Tensor:
