@@ -615,15 +615,18 @@ class HookedWhisper(HookedRootModule):
         *,
         language: str | None = None,
         task: str = "transcribe",
+        beam_size: int | None = None,
+        temperature: float = 0.0,
         fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
         max_new_tokens: int | None = None,
     ) -> list:
-        """Greedy transcripts (list of `Transcription`), one per 30 s window, hooks live at every
-        step (see `whisper_lens.generate` for what a decoder hook sees)."""
-        from whisper_lens.generate import greedy_decode
+        """Transcripts (`whisper_lens.generate.Transcription`), one per input, hooks live at every
+        decoding step; long audio is split into 30 s windows and joined. See
+        `whisper_lens.generate` for what a decoder hook sees at each step."""
+        from whisper_lens.generate import transcribe
 
-        return greedy_decode(self, audio, language=language, task=task, fwd_hooks=fwd_hooks,
-                             max_new_tokens=max_new_tokens)
+        return transcribe(self, audio, language=language, task=task, beam_size=beam_size,
+                          temperature=temperature, fwd_hooks=fwd_hooks, max_new_tokens=max_new_tokens)
 
     def __repr__(self) -> str:
         d = self.dims
