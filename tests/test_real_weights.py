@@ -66,3 +66,28 @@ def test_cross_attention_ablation_changes_the_transcript(real_model, samples):
                                     max_new_tokens=20)
     clean = real_model.transcribe(audio)
     assert ablated[0].text != clean[0].text
+
+
+def test_word_error_rate_on_bundled_samples(real_model, samples):
+    from whisper.normalizers import EnglishTextNormalizer
+
+    from whisper_lens.cli import _edit_distance
+
+    norm = EnglishTextNormalizer()
+    rows = samples[:16]
+    results = real_model.transcribe([r["audio"] for r in rows])
+    errors = sum(_edit_distance(norm(r["text"]).split(), norm(h.text).split()) for r, h in zip(rows, results))
+    words = sum(len(norm(r["text"]).split()) for r in rows)
+    assert errors / words < 0.2, f"WER {errors / words:.1%}"
+
+
+def test_long_audio_is_transcribed_window_by_window(real_model, samples):
+    import numpy as np
+
+    gap = np.zeros(16000, dtype=np.float32)
+    long = np.concatenate([x for r in samples[:14] for x in (r["audio"], gap)])  # about 45 s
+    assert len(long) > 30 * 16000
+    result = real_model.transcribe([long])
+    assert len(result) == 1
+    text = result[0].text.lower()
+    assert "smooth planks" in text and "chicken leg" in text and "fifty bonds" not in text

@@ -180,8 +180,9 @@ def _no_speech(model, logits: Tensor) -> Tensor:
 @torch.no_grad()
 def transcribe(
     model: HookedWhisper,
-    audio: Any,
+    audio: Any = None,
     *,
+    encoder_out: Tensor | None = None,
     language: str | None = None,
     task: str = "transcribe",
     beam_size: int | None = None,
@@ -190,12 +191,17 @@ def transcribe(
     max_new_tokens: int | None = None,
 ) -> list[Transcription]:
     """Transcribe each input: clips of any length (split into 30 s windows and joined), a list of
-    waveforms or paths, an `AudioBatch`, or a log-mel batch [batch n_mels 3000]."""
+    waveforms or paths, an `AudioBatch`, a log-mel batch [batch n_mels 3000], or (instead of
+    audio) a precomputed `encoder_out` [batch audio_pos d_model], one window per row."""
+    if (audio is None) == (encoder_out is None):
+        raise ValueError("pass exactly one of `audio` and `encoder_out`")
     if beam_size is not None and (beam_size < 1 or temperature > 0):
         raise ValueError("beam_size must be >= 1 and needs temperature=0")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if isinstance(audio, Tensor) and audio.is_floating_point() and audio.ndim == 3:
+    if encoder_out is not None:
+        mel, offsets = None, [0.0] * encoder_out.shape[0]
+    elif isinstance(audio, Tensor) and audio.is_floating_point() and audio.ndim == 3:
         mel, offsets = audio, [0.0] * audio.shape[0]
     else:
         batch = audio if isinstance(audio, AudioBatch) else model.prepare(_as_items(audio), chunk=True)
@@ -203,11 +209,12 @@ def transcribe(
     max_new = max_new_tokens or model.dims.n_text_ctx // 2
     filters = _Filters(model)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        encoder_out = model.encode(mel)
+        if encoder_out is None:
+            encoder_out = model.encode(mel)
         if model.dims.is_multilingual and language is None:
             languages = detect_language(model, encoder_out)[0]
         else:
-            languages = [language] * mel.shape[0]
+            languages = [language] * encoder_out.shape[0]
         prompts = torch.tensor([model.sot_sequence(language=lang, task=task) for lang in languages],
                                device=model.device)
         if beam_size:

@@ -611,8 +611,9 @@ class HookedWhisper(HookedRootModule):
 
     def transcribe(
         self,
-        audio: Any,
+        audio: Any = None,
         *,
+        encoder_out: Tensor | None = None,
         language: str | None = None,
         task: str = "transcribe",
         beam_size: int | None = None,
@@ -625,7 +626,7 @@ class HookedWhisper(HookedRootModule):
         `whisper_lens.generate` for what a decoder hook sees at each step."""
         from whisper_lens.generate import transcribe
 
-        return transcribe(self, audio, language=language, task=task, beam_size=beam_size,
+        return transcribe(self, audio, encoder_out=encoder_out, language=language, task=task, beam_size=beam_size,
                           temperature=temperature, fwd_hooks=fwd_hooks, max_new_tokens=max_new_tokens)
 
     def __repr__(self) -> str:
