@@ -202,3 +202,30 @@ def test_shuffle_is_seeded_and_stats():
     assert [e.id for e in shuffle(examples, seed=1)] != [e.id for e in shuffle(examples, seed=2)]
     stats = length_stats(examples)
     assert stats.count == 10 and 1.0 < stats.mean_s < 4.0 and stats.window_fill < 0.15
+
+
+def test_batch_helpers_can_skip_bad_items(tmp_path):
+    items = [tone(0.5), tmp_path / "missing.wav", np.array([np.nan], np.float32), tone(0.2)]
+    with pytest.raises(FileNotFoundError):
+        AudioBatch.from_audio(items)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        batch = AudioBatch.from_audio(items, skip_bad=True)
+    assert len(batch) == 2 and batch.skipped == 2
+    with pytest.warns(UserWarning):
+        assert AudioBatch.pack(items, skip_bad=True).skipped == 2
+
+
+def test_to_tokens_with_prompt_language_and_timestamps(tiny_model):
+    tok = tiny_model.tokenizer
+    tokens = tiny_model.to_tokens("hello", prompt="earlier words", append_eot=True)[0].tolist()
+    assert tokens[0] == tok.sot_prev and tok.sot in tokens and tokens[-1] == tok.eot
+    assert tiny_model.to_string(tokens[1:tokens.index(tok.sot)]).strip() == "earlier words"
+    assert tok.no_timestamps not in tiny_model.to_tokens("hi", timestamps=True)[0].tolist()
+    with pytest.raises(ValueError, match="English-only"):
+        tiny_model.to_tokens("hola", language="es")
+    from tests.conftest import DIMS, random_openai
+    from whisper_lens import HookedWhisper
+
+    multi = HookedWhisper.from_state_dict(DIMS["multilingual"], random_openai(DIMS["multilingual"]).state_dict())
+    strs = multi.to_str_tokens(multi.to_tokens("hola", language="es", task="translate"))[0]
+    assert strs[:4] == ["<|startoftranscript|>", "<|es|>", "<|translate|>", "<|notimestamps|>"]

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -162,6 +163,7 @@ class AudioBatch:
     tokens: Int[Tensor, "batch text_pos"] | None = None  # decoder input (prompt + transcript), if text given
     text_mask: Bool[Tensor, "batch text_pos"] | None = None  # real token positions (not padding)
     text_start: int | None = None  # index of the first transcript token (after the prompt)
+    skipped: int = 0  # bad items left out (only with skip_bad=True)
 
     def __len__(self) -> int:
         return self.mel.shape[0]
@@ -197,14 +199,15 @@ class AudioBatch:
 
     @classmethod
     def from_audio(cls, items: Iterable[Any], *, n_mels: int = 80, chunk: bool = False,
-                   window_samples: int = N_SAMPLES) -> AudioBatch:
+                   window_samples: int = N_SAMPLES, skip_bad: bool = False) -> AudioBatch:
         """One window per clip (or, with `chunk=True`, consecutive windows per long clip).
 
         Items are file paths, arrays at 16 kHz, or records with `.id`, `.audio`, `.sample_rate`
-        and `.text` (like `whisper_lens.data.AudioExample`)."""
+        and `.text` (like `whisper_lens.data.AudioExample`). With `skip_bad=True`, unreadable or
+        invalid items are skipped with a warning (the count is in `skipped`) instead of raising."""
         windows: list[tuple[np.ndarray, str, float, tuple[Span, ...]]] = []
-        for i, item in enumerate(items):
-            clip_id, audio, text = _clip(item, i)
+        clips, skipped = _clips(items, skip_bad)
+        for clip_id, audio, text in clips:
             seconds = len(audio) / SAMPLE_RATE
             if len(audio) > window_samples and not chunk:
                 raise ValueError(
@@ -217,14 +220,14 @@ class AudioBatch:
                 offset = start / SAMPLE_RATE
                 span = Span(clip_id, 0.0, len(piece) / SAMPLE_RATE, text if len(audio) <= window_samples else None)
                 windows.append((piece, clip_id, offset, (span,)))
-        return cls._build(windows, n_mels, window_samples)
+        return cls._build(windows, n_mels, window_samples, skipped)
 
     @classmethod
     def pack(cls, items: Iterable[Any], *, gap_s: float = 0.2, n_mels: int = 80,
-             window_samples: int = N_SAMPLES) -> AudioBatch:
+             window_samples: int = N_SAMPLES, skip_bad: bool = False) -> AudioBatch:
         """Concatenate consecutive short clips (with `gap_s` of silence between them) into full
         windows, in order, recording each clip's span. The silence gaps are not marked real."""
-        clips = [_clip(item, i) for i, item in enumerate(items)]
+        clips, skipped = _clips(items, skip_bad)
         gap_n = int(round(gap_s * SAMPLE_RATE))
         windows = []
         for group in plan_windows([len(a) for _, a, _ in clips], gap_n, window_samples):
@@ -238,10 +241,10 @@ class AudioBatch:
                 spans.append(Span(clip_id, used / SAMPLE_RATE, (used + len(audio)) / SAMPLE_RATE, text))
                 used += len(audio)
             windows.append((np.concatenate(pieces), "+".join(s.id for s in spans), 0.0, tuple(spans)))
-        return cls._build(windows, n_mels, window_samples)
+        return cls._build(windows, n_mels, window_samples, skipped)
 
     @classmethod
-    def _build(cls, windows, n_mels: int, window_samples: int) -> AudioBatch:
+    def _build(cls, windows, n_mels: int, window_samples: int, skipped: int = 0) -> AudioBatch:
         if not windows:
             raise ValueError("no audio given")
         waves = torch.stack([pad_or_trim(torch.from_numpy(w[0]), window_samples) for w in windows])
@@ -255,7 +258,7 @@ class AudioBatch:
         return cls(
             mel=mel, n_samples=n_samples, n_frames=(n_samples + HOP_LENGTH - 1) // HOP_LENGTH,
             audio_mask=mask, ids=tuple(w[1] for w in windows), offsets=tuple(w[2] for w in windows),
-            spans=tuple(w[3] for w in windows),
+            spans=tuple(w[3] for w in windows), skipped=skipped,
         )
 
 
@@ -278,6 +281,21 @@ def plan_windows(lengths: Sequence[int], gap: int, window: int) -> list[list[int
             groups.append([i])
             used = length
     return groups
+
+
+def _clips(items: Iterable[Any], skip_bad: bool) -> tuple[list[tuple[str, np.ndarray, str | None]], int]:
+    clips, skipped = [], 0
+    for i, item in enumerate(items):
+        try:
+            clips.append(_clip(item, i))
+        except (ValueError, FileNotFoundError) as err:
+            if not skip_bad:
+                raise
+            skipped += 1
+            warnings.warn(f"skipping item {i}: {err}", stacklevel=3)
+    if skipped:
+        warnings.warn(f"skipped {skipped} bad item(s) of {skipped + len(clips)}", stacklevel=3)
+    return clips, skipped
 
 
 def _clip(item: Any, index: int) -> tuple[str, np.ndarray, str | None]:

@@ -327,19 +327,25 @@ class HookedWhisper(HookedRootModule):
         language: str | None = None,
         task: str = "transcribe",
         timestamps: bool = False,
+        prompt: str | None = None,
         append_eot: bool = False,
         prepend_sot: bool = True,
         return_mask: bool = False,
     ) -> Int[Tensor, "batch text_pos"] | tuple[Int[Tensor, "batch text_pos"], Tensor]:
-        """Decoder input for a transcript: the start-of-transcript prompt, then the text tokens.
+        """Decoder input for a transcript: [<|startofprev|> previous text] then the
+        start-of-transcript prompt, then the text tokens (and <|endoftext|> with `append_eot`).
 
-        A batch of texts is right-padded with end-of-text; `return_mask=True` also returns a
-        Bool[batch text_pos] mask of the real (non-padding) positions.
+        `prompt` is previous-context text, as openai-whisper's `initial_prompt` (its last 223
+        tokens are kept). A batch of texts is right-padded with end-of-text; `return_mask=True`
+        also returns a Bool[batch text_pos] mask of the real (non-padding) positions.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        prompt = self.sot_sequence(language=language, task=task, timestamps=timestamps) if prepend_sot else []
+        prompt_ids = self.sot_sequence(language=language, task=task, timestamps=timestamps) if prepend_sot else []
+        if prompt is not None:
+            previous = self.tokenizer.encode(" " + prompt.strip())[-(self.dims.n_text_ctx // 2 - 1):]
+            prompt_ids = [self.tokenizer.sot_prev, *previous, *prompt_ids]
         eot = self.tokenizer.eot
-        rows = [prompt + self.tokenizer.encode(" " + t.strip()) + ([eot] if append_eot else []) for t in texts]
+        rows = [prompt_ids + self.tokenizer.encode(" " + t.strip()) + ([eot] if append_eot else []) for t in texts]
         length = max(len(r) for r in rows)
         if length > self.dims.n_text_ctx:
             raise ValueError(f"text is {length} tokens; Whisper's decoder takes at most {self.dims.n_text_ctx}")
