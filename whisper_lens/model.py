@@ -25,10 +25,12 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from whisper_lens.activations import iter_activations as _iter_activations
 from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
 from whisper_lens.cache import WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed
 from whisper_lens.config import StackConfig, WhisperDims
+from whisper_lens.generate import transcribe as _transcribe
 from whisper_lens.names import get_act_name
 from whisper_lens.runtime import default_dtype, resolve_device
 
@@ -452,12 +454,9 @@ class HookedWhisper(HookedRootModule):
         mel = log_mel_spectrogram(wave.to(self.device), self.dims.n_mels)
         return mel.to(self.dtype)
 
-    def iter_activations(self, dataset: Iterable[Any], hook_name: str, **kwargs: Any) -> Iterator[Tensor]:
-        """Real-frame (encoder) or transcript-token (decoder) activations at `hook_name`; see
-        `whisper_lens.activations.iter_activations`."""
-        from whisper_lens.activations import iter_activations
-
-        return iter_activations(self, dataset, hook_name, **kwargs)
+    # iter_activations(dataset, hook_name, *, batch_size, pack): real-frame / transcript-token
+    # activations (see whisper_lens.activations)
+    iter_activations = _iter_activations
 
     # ------------------------------------------------------------------ forward
     def encode(
@@ -615,25 +614,9 @@ class HookedWhisper(HookedRootModule):
             return out, WhisperActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
-    def transcribe(
-        self,
-        audio: Any = None,
-        *,
-        encoder_out: Tensor | None = None,
-        language: str | None = None,
-        task: str = "transcribe",
-        beam_size: int | None = None,
-        temperature: float = 0.0,
-        fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
-        max_new_tokens: int | None = None,
-    ) -> list:
-        """Transcripts (`whisper_lens.generate.Transcription`), one per input, hooks live at every
-        decoding step; long audio is split into 30 s windows and joined. See
-        `whisper_lens.generate` for what a decoder hook sees at each step."""
-        from whisper_lens.generate import transcribe
-
-        return transcribe(self, audio, encoder_out=encoder_out, language=language, task=task, beam_size=beam_size,
-                          temperature=temperature, fwd_hooks=fwd_hooks, max_new_tokens=max_new_tokens)
+    # transcribe(audio, *, language, task, beam_size, temperature, fwd_hooks, max_new_tokens):
+    # transcripts with hooks live at every decoding step (see whisper_lens.generate)
+    transcribe = _transcribe
 
     def __repr__(self) -> str:
         d = self.dims
