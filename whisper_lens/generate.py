@@ -158,10 +158,10 @@ def _beam(model, encoder_out, prompts, max_new, beam_size, filters, patience=1.0
                 candidates.setdefault(tuple(tokens[i * beam_size + j].tolist()) + (eot,), float(sum_lp[i * beam_size + j]))
                 if len(candidates) >= beam_size:
                     break
-        generated = {seq: lp for seq, lp in candidates.items()}
-        best = max(generated, key=lambda s: generated[s] / max(len(_strip(s, prompt_len, eot)), 1))
+        # openai-whisper's ranking: log-probability divided by length (no length penalty)
+        best = max(candidates, key=lambda s: candidates[s] / max(len(_strip(s, prompt_len, eot)), 1))
         seqs.append(_strip(best, prompt_len, eot))
-        lps.append(generated[best])
+        lps.append(candidates[best])
     return seqs, lps, no_speech
 
 
