@@ -17,21 +17,11 @@ import time
 
 import torch
 import whisper
-from whisper.normalizers import EnglishTextNormalizer
 
 from whisper_lens import HookedWhisper
 from whisper_lens.data import load_samples
 from whisper_lens.loading.convert import hooked_to_openai
-
-
-def word_errors(ref: str, hyp: str, norm) -> tuple[int, int]:
-    r, h = norm(ref).split(), norm(hyp).split()
-    row = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, row[0] = row[0], i
-        for j, hw in enumerate(h, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
-    return row[-1], len(r)
+from whisper_lens.metrics import word_errors
 
 
 def main() -> None:
@@ -57,7 +47,6 @@ def main() -> None:
     def theirs():
         return [r for f in feats for r in whisper.decode(ref, f, options)]
 
-    norm = EnglishTextNormalizer()
     times = {"ours": [], "openai": []}
     outputs = {}
     for _ in range(args.repeats):
@@ -69,7 +58,7 @@ def main() -> None:
     same = sum(tuple(a.tokens) == tuple(b.tokens) for a, b in zip(outputs["ours"], outputs["openai"]))
     errors = words = 0
     for ex, res in zip(examples, outputs["ours"]):
-        e, w = word_errors(ex.text, res.text, norm)
+        e, w = word_errors(ex.text, res.text)
         errors, words = errors + e, words + w
     print(f"tiny.en on {len(examples)} bundled samples ({sum(e.seconds for e in examples):.0f} s of speech)")
     print(f"word error rate: {errors / words:.1%} ({errors}/{words} words); "

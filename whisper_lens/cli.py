@@ -63,9 +63,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
-    from whisper.normalizers import EnglishTextNormalizer
 
     from whisper_lens.data import load_samples
+    from whisper_lens.metrics import word_errors
     from whisper_lens.names import hook_table
 
     t0 = time.perf_counter()
@@ -74,16 +74,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"      {model}  <- {model.source}  ({time.perf_counter() - t0:.1f} s)")
     rows = list(load_samples(limit=args.limit))
     print(f"[2/3] transcribing {len(rows)} bundled samples (greedy, hooks live) ...", flush=True)
-    norm = EnglishTextNormalizer()
     errors = words = 0
     t1 = time.perf_counter()
     for start in range(0, len(rows), args.batch_size):
         batch = rows[start:start + args.batch_size]
         for row, result in zip(batch, model.transcribe([r.audio for r in batch])):
-            ref, hyp = norm(row.text).split(), norm(result.text).split()
-            errors += _edit_distance(ref, hyp)
-            words += len(ref)
-            mark = " " if ref == hyp else "*"
+            n_errors, n_words = word_errors(row.text, result.text)
+            errors, words = errors + n_errors, words + n_words
+            mark = " " if n_errors == 0 else "*"
             print(f"    {mark} {row.id}: {result.text}")
     print(f"      word error rate {errors / max(words, 1):.1%} over {words} words "
           f"({time.perf_counter() - t1:.1f} s)")
@@ -99,15 +97,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"      cached {name}: {tuple(cache[name].shape)}")
     print(f"done in {time.perf_counter() - t0:.1f} s. Full table: `whisper-lens hooks {args.model}`")
     return 0
-
-
-def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,17 +52,16 @@ class _WithText:
 
     id: str
     text: str
-    source: Any
+    audio: np.ndarray  # loaded once, 16 kHz mono
+    sample_rate: int = 16000
 
-    @property
-    def audio(self) -> np.ndarray:
-        src = self.source
-        return load_audio(src.audio, sample_rate=getattr(src, "sample_rate", None)) if hasattr(src, "audio") \
-            else load_audio(src)
 
-    @property
-    def sample_rate(self) -> int:
-        return 16000
+def _with_text(item: Any, text: str, index: int) -> _WithText:
+    if hasattr(item, "audio"):
+        audio = load_audio(item.audio, sample_rate=getattr(item, "sample_rate", None), name=_item_id(item, index))
+    else:
+        audio = load_audio(item)
+    return _WithText(_item_id(item, index), text, audio)
 
 
 class _StopForward(Exception):
@@ -413,7 +412,7 @@ class HookedWhisper(HookedRootModule):
             texts = [text] if isinstance(text, str) else list(text)
             if len(texts) != len(items):
                 raise ValueError(f"{len(items)} audio items but {len(texts)} transcripts")
-            items = [_WithText(_item_id(item, i), t, item) for i, (item, t) in enumerate(zip(items, texts))]
+            items = [_with_text(item, t, i) for i, (item, t) in enumerate(zip(items, texts))]
         window = self.dims.n_mel_frames * HOP_LENGTH
         if pack:
             batch = AudioBatch.pack(items, gap_s=gap_s, n_mels=self.dims.n_mels, window_samples=window)
