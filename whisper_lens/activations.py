@@ -8,11 +8,12 @@ tokens (teacher-forced on the reference text; prompt and padding excluded).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from whisper_lens.audio import SAMPLE_RATE, frame_mask, plan_windows
@@ -27,7 +28,33 @@ def is_decoder_hook(hook_name: str) -> bool:
     return hook_name.startswith(DECODER_PREFIXES)
 
 
-def _batches(model: HookedWhisper, dataset: Iterable[Any], batch_size: int, pack: bool, gap_s: float):
+@dataclass(frozen=True)
+class RealActivations:
+    """The real rows of one forward pass, for one or more hooks of the same stack."""
+
+    acts: dict[str, Float[Tensor, "n_real d"]]  # hook name -> rows (per-head hooks flattened)
+    token_ids: Int[Tensor, "n_real"] | None  # the input token at each row (decoder hooks), else None
+    n_items: int  # dataset items that went into this forward pass
+
+
+def check_hooks(model: HookedWhisper, hook_names: Sequence[str]) -> tuple[bool, int | None]:
+    """Validate hooks for row-wise reading; returns (decoder stack?, stop_at_layer)."""
+    if not hook_names:
+        raise ValueError("give at least one hook name")
+    for name in hook_names:
+        if name not in model.hook_dict:
+            raise ValueError(f"unknown hook {name!r}; see docs/hook_names.md or `whisper-lens hooks`")
+        if name.endswith(("hook_pattern", "hook_attn_scores")):
+            raise ValueError(f"{name} has two position axes; activations are read one row per position")
+    stacks = {is_decoder_hook(n) for n in hook_names}
+    if len(stacks) > 1:
+        raise ValueError(f"hooks {list(hook_names)} mix encoder and decoder positions; read each stack separately")
+    layers = [model.hook_dict[n].layer() if "_blocks." in n else None for n in hook_names]
+    stop = None if any(layer is None for layer in layers) else max(layers) + 1  # type: ignore[type-var]
+    return stacks.pop(), stop
+
+
+def batches_of(model: HookedWhisper, dataset: Iterable[Any], batch_size: int, pack: bool, gap_s: float):
     """Groups of dataset items that make `batch_size` windows (packed) or `batch_size` clips."""
     window = model.dims.n_mel_frames * 160
     gap = int(round(gap_s * SAMPLE_RATE))
@@ -45,6 +72,39 @@ def _batches(model: HookedWhisper, dataset: Iterable[Any], batch_size: int, pack
 
 
 @torch.no_grad()
+def iter_real_activations(
+    model: HookedWhisper,
+    dataset: Iterable[Any],
+    hook_names: Sequence[str],
+    *,
+    batch_size: int = 8,
+    pack: bool = True,
+    gap_s: float = 0.2,
+    language: str | None = None,
+) -> Iterator[RealActivations]:
+    """One `RealActivations` per forward pass; all hooks are read from the same pass."""
+    decoder, stop = check_hooks(model, hook_names)
+    for group in batches_of(model, dataset, batch_size, pack, gap_s):
+        if decoder and any(getattr(g, "text", None) is None for g in group):
+            raise ValueError(f"{hook_names[0]} is a decoder hook: every item needs a transcript (.text)")
+        batch = model.prepare(group, pack=pack, gap_s=gap_s, language=language)
+        args = (batch.mel, batch.tokens) if decoder else (batch.mel,)
+        _, cache = model.run_with_cache(*args, names_filter=list(hook_names), stop_at_layer=stop)
+        acts = {}
+        for name in hook_names:
+            act = cache[name]
+            if decoder:
+                mask = batch.transcript_mask
+            elif name == "hook_conv1":
+                mask = frame_mask(batch, act.shape[1])
+            else:
+                mask = batch.audio_mask
+            rows = act[mask]
+            acts[name] = rows.reshape(rows.shape[0], -1)
+        token_ids = batch.tokens[batch.transcript_mask] if decoder else None
+        yield RealActivations(acts, token_ids, len(group))
+
+
 def iter_activations(
     model: HookedWhisper,
     dataset: Iterable[Any],
@@ -59,25 +119,6 @@ def iter_activations(
 
     Items need `.audio` at 16 kHz (`whisper_lens.data.AudioExample`); decoder hooks also need
     `.text`. Per-head hooks ([batch pos head d_head]) are flattened to `head * d_head`."""
-    if hook_name not in model.hook_dict:
-        raise ValueError(f"unknown hook {hook_name!r}; see docs/hook_names.md or `whisper-lens hooks`")
-    if hook_name.endswith(("hook_pattern", "hook_attn_scores")):
-        raise ValueError(f"{hook_name} has two position axes; iter_activations yields one row per position")
-    decoder = is_decoder_hook(hook_name)
-    layer = model.hook_dict[hook_name].layer() if "_blocks." in hook_name else None
-    for group in _batches(model, dataset, batch_size, pack, gap_s):
-        if decoder and any(getattr(g, "text", None) is None for g in group):
-            raise ValueError(f"{hook_name} is a decoder hook: every item needs a transcript (.text)")
-        batch = model.prepare(group, pack=pack, gap_s=gap_s, language=language)
-        args = (batch.mel, batch.tokens) if decoder else (batch.mel,)
-        _, cache = model.run_with_cache(*args, names_filter=[hook_name],
-                                        stop_at_layer=None if layer is None else layer + 1)
-        act = cache[hook_name]
-        if decoder:
-            mask = batch.transcript_mask
-        elif hook_name == "hook_conv1":
-            mask = frame_mask(batch, act.shape[1])
-        else:
-            mask = batch.audio_mask
-        rows = act[mask]
-        yield rows.reshape(rows.shape[0], -1)
+    for out in iter_real_activations(model, dataset, [hook_name], batch_size=batch_size, pack=pack,
+                                     gap_s=gap_s, language=language):
+        yield out.acts[hook_name]

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _load(name: str, device: str):
@@ -99,6 +100,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    import json
+
+    from whisper_lens.model import HookedWhisper
+    from whisper_lens.runtime import resolve_device
+    from whisper_lens.sae.config import TrainSAEConfig
+    from whisper_lens.sae.evaluation import evaluate
+    from whisper_lens.sae.train import load_clips, train_sae
+
+    cfg = TrainSAEConfig.from_yaml(args.config, overrides=args.override)
+    print(f"training an SAE at {cfg.hook_name} of {cfg.model} -> {cfg.out_dir}", flush=True)
+    model = HookedWhisper.from_pretrained(cfg.model, device=resolve_device(cfg.device))
+    clips = load_clips(cfg.data)
+    n_eval = cfg.data.eval_clips
+    train_clips, eval_clips = clips[: len(clips) - n_eval], clips[len(clips) - n_eval:]
+    print(f"{len(train_clips)} training clips, {len(eval_clips)} held out", flush=True)
+    result = train_sae(cfg, model=model, clips=train_clips, resume=not args.no_resume)
+    print(f"trained {result.n_steps} steps on {result.n_samples} activations "
+          f"({result.rows_per_second:.0f} real rows/s from the model); SAE saved to {result.sae_path}")
+    if eval_clips and not args.no_eval:
+        ev = evaluate(model, result.sae, eval_clips, out_dir=Path(cfg.out_dir) / "eval",
+                      pack=cfg.data.pack, n_wer_clips=args.wer_clips)
+        (Path(cfg.out_dir) / "eval" / "metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="whisper-lens", description="Mechanistic interpretability for Whisper.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -124,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="dimensions, weight source and device of a model")
     add_model_args(info, positional=True)
     info.set_defaults(func=cmd_info)
+
+    train = sub.add_parser("train-sae", help="train an SAE with SAELens on Whisper activations (see configs/)",
+                           description="Train an SAE as CONFIG says, resuming from its last checkpoint when "
+                                       "out_dir has one, then evaluate it on the held-out clips.")
+    train.add_argument("config", help="YAML config, e.g. configs/tiny_en_encoder_l2.yaml")
+    train.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="change a setting, e.g. --override training.lr=1e-3 --override sae.options.k=64")
+    train.add_argument("--no-resume", action="store_true", help="start over even if out_dir has checkpoints")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation on held-out clips")
+    train.add_argument("--wer-clips", type=int, default=16, help="held-out clips to transcribe (default: 16)")
+    train.set_defaults(func=cmd_train_sae)
     return parser
 
 
@@ -138,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--batch-size must be at least 1")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, FileExistsError) as err:
         print(f"whisper-lens: error: {err}", file=sys.stderr)
         return 2
 

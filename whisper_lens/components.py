@@ -61,6 +61,11 @@ class KVCache:
                 slot[key] = value.index_select(0, index)
 
 
+def _active(hook: nn.Module) -> bool:
+    """Whether a hook point needs the explicit computation: it has hooks, or an SAE replaced it."""
+    return hook.has_hooks() if isinstance(hook, HookPoint) else True
+
+
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32 (as openai-whisper does), with TransformerLens's hooks."""
 
@@ -74,7 +79,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         dtype = x.dtype
-        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
+        if not (_active(self.hook_scale) or _active(self.hook_normalized)):
             return F.layer_norm(x.float(), self.w.shape, self.w.float(), self.b.float(), self.eps).to(dtype)
         x = x.float()
         x = x - x.mean(-1, keepdim=True)
@@ -190,7 +195,7 @@ class Attention(nn.Module):
         q, k, v = (einops.rearrange(t, "b p h e -> b h p e") for t in (q, k, v))
         n_query, n_key = q.shape[-2], k.shape[-2]
         mask = _causal_mask(n_query, n_key, q.device) if causal and n_query > 1 else None
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+        if _active(self.hook_attn_scores) or _active(self.hook_pattern):
             # Explicit path: the pattern is materialised so hooks can read or edit it.
             scale = self.d_head**-0.25
             scores = (q * scale) @ (k * scale).transpose(-1, -2)

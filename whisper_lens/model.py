@@ -26,6 +26,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from whisper_lens.activations import iter_activations as _iter_activations
+from whisper_lens.sae.splice import SAESplicing
 from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
 from whisper_lens.cache import WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed
@@ -71,7 +72,7 @@ class _StopForward(Exception):
         self.activation = activation
 
 
-class HookedWhisper(HookedRootModule):
+class HookedWhisper(SAESplicing, HookedRootModule):
     """Whisper with a HookPoint on every activation; see `docs/hook_names.md` for the names.
 
     Build it with `HookedWhisper.from_pretrained("tiny.en")` (or a path), or from an
@@ -133,6 +134,8 @@ class HookedWhisper(HookedRootModule):
         # dense (not sparse as in openai-whisper) so the model can live on MPS
         self.register_buffer("alignment_heads", heads, persistent=False)
         self._W_U_cache: tuple[tuple, Tensor] | None = None
+        self._acts_to_saes: dict[str, Any] = {}  # hook name -> spliced SAE wrapper (see sae/splice.py)
+        self._transcoder_output_hooks: dict[str, str] = {}
         self.setup()
 
     # ------------------------------------------------------------------ construction
