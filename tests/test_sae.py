@@ -316,3 +316,16 @@ def test_evaluate_on_tiny_en(real_model, tmp_path):
     assert ev.wer_clean is not None and ev.wer_clean < 0.2
     assert Path(ev.density_plot).is_file()
     assert 0 <= ev.dead_fraction < 1 and len(ev.density) == 3072
+
+
+def test_audio_evaluator_has_saelens_evaluator_shape(tiny_model):
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from whisper_lens.sae import audio_evaluator
+
+    sae = build_sae(small_config(Path("/tmp")).sae, 64)
+    set_metadata(sae, tiny_model, HOOK, pack=True, dataset="test")
+    metrics = audio_evaluator(tiny_model, clips(4), n_wer_clips=2)(sae, iter(()), ActivationScaler())
+    assert {"whisper/explained_variance", "whisper/ce_recovered", "whisper/wer_spliced", "whisper/l0"} <= set(metrics)
+    assert metrics["whisper/l0"] == pytest.approx(4.0)
+    assert metrics["whisper/ce_clean"] > 0

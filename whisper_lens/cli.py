@@ -116,7 +116,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     n_eval = cfg.data.eval_clips
     train_clips, eval_clips = clips[: len(clips) - n_eval], clips[len(clips) - n_eval:]
     print(f"{len(train_clips)} training clips, {len(eval_clips)} held out", flush=True)
-    result = train_sae(cfg, model=model, clips=train_clips, resume=not args.no_resume)
+    result = train_sae(cfg, model=model, clips=train_clips, eval_clips=eval_clips, resume=not args.no_resume)
     print(f"trained {result.n_steps} steps on {result.n_samples} activations "
           f"({result.rows_per_second:.0f} real rows/s from the model); SAE saved to {result.sae_path}")
     if eval_clips and not args.no_eval:

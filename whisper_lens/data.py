@@ -116,8 +116,9 @@ def load_folder(folder: str | Path, *, limit: int | None = None, recursive: bool
 
 
 def load_manifest(manifest: str | Path, *, limit: int | None = None) -> Iterator[AudioExample]:
-    """A CSV (header row) or JSONL manifest with a `path` column (relative to the manifest) and an
-    optional `text` column; `id` is taken when present, else the file stem."""
+    """A CSV (header row) or JSONL manifest with a `path` (or `file`, as scripts/make_samples.py
+    writes) column relative to the manifest, and an optional `text` column; `id` is taken when
+    present, else the file stem."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} does not exist")
@@ -127,9 +128,9 @@ def load_manifest(manifest: str | Path, *, limit: int | None = None) -> Iterator
     else:
         rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     for n, row in enumerate(_limited(rows, limit), 1):
-        if "path" not in row:
-            raise ValueError(f"{manifest}: row {n} has no 'path' column (columns: {sorted(row)})")
-        path = Path(row["path"])
+        if "path" not in row and "file" not in row:
+            raise ValueError(f"{manifest}: row {n} has no 'path' (or 'file') column (columns: {sorted(row)})")
+        path = Path(row.get("path") or row["file"])
         path = path if path.is_absolute() else manifest.parent / path
         yield AudioExample(str(row.get("id") or path.stem), load_audio(path), SAMPLE_RATE, row.get("text") or None)
 

@@ -205,15 +205,18 @@ def train_sae(
     *,
     model: HookedWhisper | None = None,
     clips: Sequence[Any] | None = None,
+    eval_clips: Sequence[Any] | None = None,
     evaluator: Callable[..., dict[str, Any]] | None = None,
     resume: bool = True,
     overrides: Sequence[str] = (),
 ) -> TrainResult:
     """Train an SAE as `config` says: model, data, SAELens SAE and `SAETrainer` wired together.
 
-    `model` and `clips` (training clips; `data.eval_clips` are still held out from the end)
-    replace what the config would load. With `resume=True` an existing complete checkpoint in
-    `out_dir/checkpoints` is continued; the config must match the one saved beside it."""
+    `model` and `clips` (all of them train) replace what the config would load; otherwise the
+    last `data.eval_clips` clips are held out. With W&B on, the held-out clips (or `eval_clips`)
+    are evaluated at SAELens's evaluation steps through `audio_evaluator`, unless `evaluator` is
+    given. With `resume=True` an existing complete checkpoint in `out_dir/checkpoints` is
+    continued; the config must match the one saved beside it."""
     import time
 
     from whisper_lens.model import HookedWhisper
@@ -235,8 +238,16 @@ def train_sae(
 
     device = resolve_device(cfg.device)
     model = model or HookedWhisper.from_pretrained(cfg.model, device=device)
-    all_clips = list(clips) if clips is not None else load_clips(cfg.data)
-    train_clips = all_clips[: len(all_clips) - cfg.data.eval_clips] if clips is None else all_clips
+    if clips is None:
+        loaded = load_clips(cfg.data)
+        train_clips = loaded[: len(loaded) - cfg.data.eval_clips]
+        eval_clips = eval_clips if eval_clips is not None else loaded[len(train_clips):]
+    else:
+        train_clips = list(clips)
+    if evaluator is None and cfg.wandb.enabled and eval_clips:
+        from whisper_lens.sae.evaluation import audio_evaluator
+
+        evaluator = audio_evaluator(model, list(eval_clips), pack=cfg.data.pack, n_wer_clips=4)
     t = cfg.training
     provider = activation_provider(model, train_clips, cfg.hook_name, batch_size=t.batch_size,
                                    model_batch_size=cfg.data.model_batch_size, pack=cfg.data.pack,
