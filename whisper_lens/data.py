@@ -1,6 +1,7 @@
 """Speech datasets as lazy streams of `AudioExample`s.
 
     load_samples()                         the bundled corpus (Harvard sentences, Piper voice)
+    load_word_samples()                    bundled clips with known word boundaries
     load_librispeech("LibriSpeech/dev-clean")   the standard on-disk layout
     load_hf_librispeech(split="validation")     Hugging Face `openslr/librispeech_asr`, streaming
     load_folder("clips/")                  audio files with optional same-name .txt transcripts
@@ -30,6 +31,15 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".a
 
 
 @dataclass(frozen=True)
+class Word:
+    """A word's position in its clip, known by construction."""
+
+    word: str  # as written in the transcript (punctuation attached)
+    start: float  # seconds from the start of the clip
+    end: float  # seconds
+
+
+@dataclass(frozen=True)
 class AudioExample:
     """One clip with its transcript."""
 
@@ -37,6 +47,7 @@ class AudioExample:
     audio: np.ndarray = field(repr=False)  # mono float32 waveform at `sample_rate`
     sample_rate: int  # Hz (16000 for everything these loaders yield)
     text: str | None  # reference transcript, if known
+    words: tuple[Word, ...] | None = None  # word boundaries, where known (load_word_samples)
 
     @property
     def seconds(self) -> float:
@@ -57,6 +68,18 @@ def load_samples(*, limit: int | None = None, directory: Path = SAMPLES_DIR) -> 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     for row in _limited(rows, limit):
         yield AudioExample(row["id"], load_audio(Path(directory) / row["file"]), SAMPLE_RATE, row["text"])
+
+
+def load_word_samples(*, limit: int | None = None, directory: Path = SAMPLES_DIR) -> Iterator[AudioExample]:
+    """The bundled word-boundary set: sentences spoken a word at a time, with each word's start
+    and end (made by `scripts/make_samples.py --words`)."""
+    manifest = Path(directory) / "words.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no word manifest at {manifest}; make it with scripts/make_samples.py --words")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    for row in _limited(rows, limit):
+        words = tuple(Word(w["word"], float(w["start"]), float(w["end"])) for w in row["words"])
+        yield AudioExample(row["id"], load_audio(Path(directory) / row["file"]), SAMPLE_RATE, row["text"], words)
 
 
 def load_librispeech(root: str | Path, *, limit: int | None = None) -> Iterator[AudioExample]:

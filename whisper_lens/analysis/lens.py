@@ -1,0 +1,121 @@
+"""Lenses: read the next token off every decoder layer (logit lens), and transcribe from every
+encoder layer (encoder lens).
+
+    ll = logit_lens(model, batch)            # batch = model.prepare(clips) with transcripts
+    ll.accuracy_vs_final, ll.ref_prob        # per layer
+    el = encoder_lens(model, clips)          # pandas frame: layer, transcript, WER, cross-entropy
+
+The logit lens applies the decoder's final layer norm afresh to each layer's residual stream
+(nostalgebraist's lens), then the unembedding. The encoder lens ("Beyond Transcription", aiOla
+2025) feeds the residual stream after k encoder blocks, through the encoder's final layer norm,
+to the whole decoder in place of the real encoder output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from whisper_lens.metrics import word_error_rate
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from whisper_lens.audio import AudioBatch
+    from whisper_lens.model import HookedWhisper
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    labels: list[str]  # one per layer: "embed", "block 0", ..., "block n-1" (= the model's output)
+    top_tokens: Int[Tensor, "layer batch text_pos k"]  # most likely next tokens per layer
+    top_probs: Float[Tensor, "layer batch text_pos k"]
+    ref_rank: Int[Tensor, "layer batch text_pos"]  # rank of the reference next token (0 = top)
+    ref_prob: Float[Tensor, "layer batch text_pos"]  # its probability
+    mask: Bool[Tensor, "batch text_pos"]  # positions whose next token is a transcript token
+    accuracy_vs_final: Float[Tensor, "layer"]  # top-1 agreement with the last layer, over `mask`
+    accuracy_vs_reference: Float[Tensor, "layer"]  # top-1 equals the reference next token
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        m = self.mask
+        return pd.DataFrame({
+            "layer": self.labels,
+            "accuracy_vs_final": self.accuracy_vs_final.tolist(),
+            "accuracy_vs_reference": self.accuracy_vs_reference.tolist(),
+            "mean_ref_prob": [float(p[m].mean()) for p in self.ref_prob],
+            "median_ref_rank": [float(r[m].float().median()) for r in self.ref_rank],
+        })
+
+
+@torch.no_grad()
+def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5) -> LogitLens:
+    """Next-token distributions read from the residual stream after each decoder block (and the
+    embeddings) at every transcript position of `batch` (built with transcripts)."""
+    if batch.tokens is None:
+        raise ValueError("logit_lens needs transcripts: build the batch with model.prepare(audio, text)")
+    names = ["hook_embed", "hook_pos_embed"] + [f"decoder_blocks.{l}.hook_resid_post"
+                                               for l in range(model.dims.n_text_layer)]
+    _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
+    resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    resid += [cache[f"decoder_blocks.{l}.hook_resid_post"] for l in range(model.dims.n_text_layer)]
+    stack = torch.stack(resid)  # [layer batch pos d]
+    logits = model.decoder_ln_final(stack) @ model.W_U
+    probs = logits.float().softmax(-1)
+    top_probs, top_tokens = probs.topk(k, dim=-1)
+    target = torch.zeros_like(batch.tokens)
+    target[:, :-1] = batch.tokens[:, 1:]
+    mask = torch.zeros_like(batch.transcript_mask)
+    mask[:, :-1] = batch.transcript_mask[:, 1:]
+    ref_prob = probs.gather(-1, target[None, ..., None].expand(len(stack), -1, -1, 1))[..., 0]
+    ref_rank = (probs > ref_prob[..., None]).sum(-1)
+    top1 = top_tokens[..., 0]
+    n = mask.sum().clamp(min=1)
+    acc_final = torch.stack([((t == top1[-1]) & mask).sum() / n for t in top1])
+    acc_ref = torch.stack([((t == target) & mask).sum() / n for t in top1])
+    labels = ["embed"] + [f"block {l}" for l in range(model.dims.n_text_layer)]
+    return LogitLens(labels, top_tokens, top_probs, ref_rank, ref_prob, mask, acc_final.float(), acc_ref.float())
+
+
+@torch.no_grad()
+def encoder_lens(
+    model: HookedWhisper,
+    clips: Any,
+    *,
+    layers: list[int] | None = None,
+    texts: list[str] | None = None,
+    max_new_tokens: int | None = None,
+) -> pd.DataFrame:
+    """Transcribe from the residual stream after k encoder blocks, for each k in `layers`
+    (default 0..n_audio_layer; k=0 is the conv stem's output, k=n the full model).
+
+    Returns a frame with, per layer: `transcripts`, `wer_vs_reference` (when transcripts are
+    known), `wer_vs_full` (against the full model's transcripts) and `cross_entropy` (teacher-
+    forced, nats per transcript token)."""
+    import pandas as pd
+
+    n = model.dims.n_audio_layer
+    layers = list(range(n + 1)) if layers is None else list(layers)
+    if any(not 0 <= k <= n for k in layers):
+        raise ValueError(f"encoder_lens layers must be in 0..{n} (blocks applied), got {layers}")
+    batch = model.prepare(clips, texts) if texts is not None else model.prepare(clips)
+    refs = batch.texts if all(t is not None for t in batch.texts) else None
+    full_xa = model.encode(batch)
+    full = [t.text for t in model.transcribe(encoder_out=full_xa, max_new_tokens=max_new_tokens)]
+    rows = []
+    for k in layers:
+        xa = full_xa if k == n else model.hook_encoder_out(model.encoder_ln_final(model.encode(batch, stop_at_layer=k)))
+        hyp = [t.text for t in model.transcribe(encoder_out=xa, max_new_tokens=max_new_tokens)]
+        row: dict[str, Any] = {"layer": k, "transcripts": hyp, "wer_vs_full": word_error_rate(full, hyp)}
+        if refs is not None:
+            row["wer_vs_reference"] = word_error_rate(refs, hyp)
+            loss_mask = batch.transcript_mask
+            row["cross_entropy"] = float(model(encoder_out=xa, decoder_input=batch.tokens, return_type="loss",
+                                               loss_mask=loss_mask))
+        rows.append(row)
+    return pd.DataFrame(rows)
