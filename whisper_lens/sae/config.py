@@ -72,6 +72,7 @@ class TrainingSpec(_Frozen):
     resample_every: int | None = Field(None, ge=1)  # re-initialise dead latents every N steps (None: off)
     n_checkpoints: int = Field(4, ge=0)  # evenly spaced checkpoints (plus one on interruption)
     autocast: bool | None = None  # bf16 autocast; None: on for CUDA, off otherwise
+    norm_estimate_batches: int = Field(50, ge=1)  # batches read to estimate activation scaling
     seed: int = 0  # SAE initialisation
 
 

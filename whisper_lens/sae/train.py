@@ -262,6 +262,7 @@ def train_sae(
         autocast=t.autocast if t.autocast is not None else device.type == "cuda",
         dead_feature_window=t.dead_feature_window, feature_sampling_window=t.feature_sampling_window,
         n_checkpoints=t.n_checkpoints, checkpoint_path=str(checkpoints), save_final_checkpoint=False,
+        n_batches_for_norm_estimate=t.norm_estimate_batches,
         logger=LoggingConfig(log_to_wandb=cfg.wandb.enabled, wandb_project=cfg.wandb.project,
                              wandb_entity=cfg.wandb.entity, run_name=cfg.wandb.run_name,
                              wandb_log_frequency=cfg.wandb.log_frequency),
