@@ -20,7 +20,7 @@ from whisper_lens.sae.train import load_clips
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny_en_encoder_l2_quality.yaml")
-    parser.add_argument("--samples", type=int, default=600_000, help="training activations per variant")
+    parser.add_argument("--samples", type=int, default=400_000, help="training activations per variant")
     parser.add_argument("--resample-every", type=int, default=25, help="steps between resampling checks")
     parser.add_argument("--out", default="runs/resampling")
     args = parser.parse_args()
@@ -31,7 +31,6 @@ def main() -> None:
     variants = {
         "aux-k loss (SAELens default)": [],
         "resampling, no aux-k loss": ["sae.options.aux_loss_coefficient=0", f"training.resample_every={args.resample_every}"],
-        "aux-k loss + resampling": [f"training.resample_every={args.resample_every}"],
         "neither": ["sae.options.aux_loss_coefficient=0"],
     }
     rows = []

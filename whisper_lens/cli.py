@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,41 +61,96 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+def _noisy_word_pair(model, word_clip, word_index: int = 2):
+    """A clean/corrupted pair for patching: a word-boundary clip and the same clip with noise
+    over one word."""
+    import numpy as np
 
-    from whisper_lens.data import load_samples
-    from whisper_lens.metrics import word_errors
-    from whisper_lens.names import hook_table
+    from whisper_lens.analysis.patching import patching_setup
+
+    word = word_clip.words[word_index]
+    noisy = word_clip.audio.copy()
+    a, b = int(word.start * 16000), int(word.end * 16000)
+    noisy[a:b] = 0.3 * np.random.default_rng(0).standard_normal(b - a).astype(np.float32)
+    return patching_setup(model, word_clip.audio, noisy, word_clip.text), word
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from whisper_lens.data import load_samples, load_word_samples
+    from whisper_lens.metrics import word_error_rate
+    from whisper_lens.report import build_report
+    from whisper_lens.sae.config import TrainSAEConfig
+    from whisper_lens.sae.train import train_sae
 
     t0 = time.perf_counter()
-    print(f"[1/3] loading {args.model} ...", flush=True)
+    out = Path(args.out)
+    stages = 5
+
+    def stage(i: int, text: str) -> None:
+        print(f"[{i}/{stages}] {text} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    stage(1, f"loading {args.model}")
     model = _load(args.model, args.device)
-    print(f"      {model}  <- {model.source}  ({time.perf_counter() - t0:.1f} s)")
-    rows = list(load_samples(limit=args.limit))
-    print(f"[2/3] transcribing {len(rows)} bundled samples (greedy, hooks live) ...", flush=True)
-    errors = words = 0
-    t1 = time.perf_counter()
-    for start in range(0, len(rows), args.batch_size):
-        batch = rows[start:start + args.batch_size]
-        for row, result in zip(batch, model.transcribe([r.audio for r in batch])):
-            n_errors, n_words = word_errors(row.text, result.text)
-            errors, words = errors + n_errors, words + n_words
-            mark = " " if n_errors == 0 else "*"
-            print(f"    {mark} {row.id}: {result.text}")
-    print(f"      word error rate {errors / max(words, 1):.1%} over {words} words "
-          f"({time.perf_counter() - t1:.1f} s)")
-    print("[3/3] hooks", flush=True)
-    with torch.no_grad():
-        _, cache = model.run_with_cache([rows[0].audio], model.to_tokens(rows[0].text),
-                                        names_filter=lambda n: "resid_post" in n or "pattern" in n)
-    table = hook_table(model.dims.n_audio_layer, model.dims.n_text_layer, enabled=model.options.enabled)
-    groups = Counter(name.split(".")[0] if "_blocks" in name else "stem and final" for name in table)
-    print(f"      {len(table)} hook points: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
-    for name in ("encoder_blocks.0.attn.hook_pattern", "decoder_blocks.0.cross_attn.hook_pattern",
-                 f"encoder_blocks.{model.dims.n_audio_layer - 1}.hook_resid_post"):
-        print(f"      cached {name}: {tuple(cache[name].shape)}")
-    print(f"done in {time.perf_counter() - t0:.1f} s. Full table: `whisper-lens hooks {args.model}`")
+    print(f"      {model}  <- {model.source}")
+    clips = list(load_samples(limit=args.limit))
+    stage(2, f"transcribing {len(clips)} bundled samples")
+    hyps: list[str] = []
+    for start in range(0, len(clips), args.batch_size):
+        hyps += [t.text for t in model.transcribe(clips[start:start + args.batch_size])]
+    for clip, hyp in zip(clips, hyps):
+        mark = " " if word_error_rate([clip.text], [hyp]) == 0 else "*"
+        print(f"    {mark} {clip.id}: {hyp}")
+    print(f"      word error rate {word_error_rate([c.text for c in clips], hyps):.1%}")
+
+    sae = None
+    held_out = clips[-8:] if len(clips) > 16 else clips[-2:]
+    if not args.no_sae:
+        hook = f"encoder_blocks.{min(2, model.dims.n_audio_layer - 1)}.hook_resid_post"
+        samples = 30_000 if args.quick else 300_000
+        stage(3, f"training a TopK SAE (8x, k=32) at {hook} on {samples:,} real frames")
+        cfg = TrainSAEConfig(
+            model=args.model, hook_name=hook, device=args.device, out_dir=str(out / "sae_run"),
+            data={"eval_clips": 0, "buffer_batches": 4, "keep_in_memory": True},
+            training={"total_training_samples": samples, "batch_size": 1024, "lr": 3e-3,
+                      "lr_scheduler": "cosineannealing", "dead_feature_window": 20, "n_checkpoints": 0},
+        )
+        train = [c for c in clips if c not in held_out]
+        sae = train_sae(cfg, model=model, clips=train, resume=False).sae
+    stage(4, "building the patching pair and scoring heads on word timings")
+    words = list(load_word_samples())
+    setup, word = _noisy_word_pair(model, words[0])
+    print(f"      clean/corrupted: {words[0].text!r} with noise over {word.word!r}")
+    stage(5, f"writing the report to {out}")
+    index = build_report(model, clips, out, word_clips=words, sae=sae, sae_eval_clips=held_out, patching=setup,
+                         quick=args.quick, log=lambda s: print(f"      {s}", flush=True))
+    print(f"done in {time.perf_counter() - t0:.0f} s. Open {index.resolve()}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from sae_lens import SAE
+
+    from whisper_lens.audio import load_audio
+    from whisper_lens.data import AudioExample
+    from whisper_lens.report import build_report
+
+    if args.text and len(args.text) != len(args.audio):
+        raise ValueError(f"{len(args.audio)} audio files but {len(args.text)} --text transcripts; give one per file")
+    model = _load(args.model, args.device)
+    texts = args.text or [None] * len(args.audio)
+    clips = [AudioExample(Path(a).stem, load_audio(a), 16000, t) for a, t in zip(args.audio, texts)]
+    patching = None
+    if args.corrupted:
+        if not clips[0].text:
+            raise ValueError("--corrupted needs --text for the first (clean) audio file")
+        from whisper_lens.analysis.patching import patching_setup
+
+        patching = patching_setup(model, clips[0].audio, load_audio(args.corrupted), clips[0].text,
+                                  args.corrupted_text)
+    sae = SAE.load_from_disk(args.sae) if args.sae else None
+    index = build_report(model, clips, args.out, sae=sae, patching=patching,
+                         log=lambda s: print(f"  {s}", flush=True))
+    print(f"report: {index.resolve()}")
     return 0
 
 
@@ -137,11 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", default="tiny.en", help="OpenAI name or checkpoint path (default: tiny.en)")
         p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
 
-    demo = sub.add_parser("demo", help="the main job: load tiny.en offline, transcribe the bundled samples")
+    demo = sub.add_parser("demo", help="the main job: transcribe the bundled speech, train an SAE, write the report",
+                          description="Load tiny.en offline, transcribe the bundled samples, train a small TopK SAE "
+                                      "on an encoder layer, evaluate it, and write the HTML report.")
     add_model_args(demo, positional=False)
-    demo.add_argument("--limit", type=int, default=None, help="transcribe only the first N samples")
+    demo.add_argument("--out", default="whisper_lens_report", help="report folder (default: whisper_lens_report)")
+    demo.add_argument("--quick", action="store_true", help="a smaller SAE run and fewer analyses (for CI)")
+    demo.add_argument("--no-sae", action="store_true", help="skip SAE training")
+    demo.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     demo.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
     demo.set_defaults(func=cmd_demo)
+
+    analyze = sub.add_parser("analyze", help="write the HTML report for your own audio",
+                             description="Run the analyses on AUDIO files and write DIR/index.html.")
+    analyze.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg; 16 kHz or resampled)")
+    add_model_args(analyze, positional=False)
+    analyze.add_argument("--text", nargs="+", default=None, help="reference transcripts, one per audio file")
+    analyze.add_argument("--sae", default=None, help="an SAE saved in SAELens format, for feature dashboards")
+    analyze.add_argument("--corrupted", default=None,
+                         help="a corrupted version of the first audio file, for an activation-patching heat map")
+    analyze.add_argument("--corrupted-text", default=None, help="its transcript, when it says something different")
+    analyze.add_argument("--out", default="whisper_lens_report", help="report folder (default: whisper_lens_report)")
+    analyze.set_defaults(func=cmd_analyze)
 
     hooks = sub.add_parser("hooks", help="print the hook table with shapes")
     add_model_args(hooks, positional=True)

@@ -21,7 +21,7 @@ _EXPORTS = {
     "patching_setup": "patching", "generic_patch": "patching", "patch_resid": "patching",
     "patch_encoder_time": "patching", "patch_block_outputs": "patching", "patch_heads": "patching",
     "layer_ablation": "patching", "Patched": "patching", "PatchingSetup": "patching",
-    "feature_activations": "features", "feature_dashboard": "features", "steer": "features",
+    "feature_activations": "features", "feature_dashboard": "features", "steer": "features", "ablate_latents": "features",
     "FeatureActivations": "features",
 }
 __all__ = sorted(_EXPORTS)

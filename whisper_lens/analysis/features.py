@@ -3,6 +3,7 @@
     fa = feature_activations(model, sae, clips)        # top frames per latent, density
     feature_dashboard(model, sae, clips, fa, latents=[12, 80], out_dir="dash/")
     model.transcribe(audio, fwd_hooks=steer(sae, latent=12, scale=8.0))
+    model.transcribe(audio, fwd_hooks=ablate_latents(sae, [12, 80], positions=slice(30, 60)))
 """
 
 from __future__ import annotations
@@ -105,6 +106,23 @@ def steer(sae: Any, latent: int, scale: float, *, positions: slice | None = None
         act = act.clone()
         index = (slice(None), positions if positions is not None else slice(None))
         act[index] = act[index] + scale * direction.to(act.dtype).reshape(act.shape[2:])
+        return act
+
+    return [(sae.cfg.metadata.hook_name, hook)]
+
+
+def ablate_latents(sae: Any, latents: Sequence[int], *, positions: slice | None = None) -> list[tuple[str, Any]]:
+    """Forward hooks that remove the given latents' contribution (activation x decoder row) from
+    the activation at the SAE's hook, leaving everything the SAE does not explain in place."""
+    index = torch.as_tensor(list(latents), dtype=torch.long)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        where = (slice(None), positions if positions is not None else slice(None))
+        part = act[where]
+        acts = sae.encode(part.reshape(-1, part.shape[-1]).to(sae.W_dec.dtype))[:, index]
+        removed = (acts @ sae.W_dec.detach()[index]).reshape(part.shape).to(act.dtype)
+        act = act.clone()
+        act[where] = part - removed
         return act
 
     return [(sae.cfg.metadata.hook_name, hook)]
