@@ -186,7 +186,7 @@ def build_report(
 
     if all(getattr(c, "text", None) for c in few):
         log("encoder lens")
-        lens = analysis.encoder_lens(model, few)
+        lens = analysis.encoder_lens(model, few, max_new_tokens=64)
         page.add("encoder-lens", "Encoder lens",
                  "<p>The residual stream after k encoder blocks, through the encoder's final layer norm, decoded "
                  "by the whole decoder (k = 0: the conv stem; the last k is the full model).</p>"
@@ -207,7 +207,7 @@ def build_report(
 
     log("attention window sweep")
     windows = [5, 25, 75, None] if quick else [2, 5, 10, 25, 50, 75, 150, None]
-    sweep = analysis.attention_window_sweep(model, few, windows=windows)
+    sweep = analysis.attention_window_sweep(model, few, windows=windows, max_new_tokens=64)
     ys = ["wer_vs_full"] + (["wer_vs_reference"] if "wer_vs_reference" in sweep else [])
     page.add("windows", "Attention windows",
              "<p>Encoder self-attention limited to +-k positions (20 ms each), as in Reid (2023).</p>"

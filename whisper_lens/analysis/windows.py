@@ -53,9 +53,11 @@ def restrict_attention(model: HookedWhisper, *, stack: Literal["encoder", "decod
 @torch.no_grad()
 def attention_window_sweep(model: HookedWhisper, clips: Sequence[Any], *,
                            windows: Sequence[int | None] = (5, 10, 25, 50, 75, 100, 150, None),
-                           stack: Literal["encoder", "decoder"] = "encoder", batch_size: int = 8) -> pd.DataFrame:
+                           stack: Literal["encoder", "decoder"] = "encoder", batch_size: int = 8,
+                           max_new_tokens: int | None = None) -> pd.DataFrame:
     """Word error rate against the window size (None = unrestricted), against the references
-    (when the clips have transcripts) and against the unrestricted model's transcripts."""
+    (when the clips have transcripts) and against the unrestricted model's transcripts.
+    `max_new_tokens` caps degenerate (looping) transcripts at small windows."""
     import pandas as pd
 
     clips = list(clips)
@@ -64,7 +66,7 @@ def attention_window_sweep(model: HookedWhisper, clips: Sequence[Any], *,
     def run() -> list[str]:
         out: list[str] = []
         for start in range(0, len(clips), batch_size):
-            out += [t.text for t in model.transcribe(clips[start : start + batch_size])]
+            out += [t.text for t in model.transcribe(clips[start : start + batch_size], max_new_tokens=max_new_tokens)]
         return out
 
     full = run()
