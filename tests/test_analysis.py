@@ -239,3 +239,24 @@ def test_encoder_lens_and_window_sweep_on_tiny_en(real_model):
     assert lens.wer_vs_reference.iloc[0] > lens.wer_vs_reference.iloc[-1]
     sweep = attention_window_sweep(real_model, data, windows=[2, None])
     assert sweep.wer_vs_full.iloc[-1] == 0 and sweep.wer_vs_full.iloc[0] > 0.3
+
+
+def test_layer_ablation_ranks_blocks(tiny_model):
+    from whisper_lens.analysis import layer_ablation
+
+    table = layer_ablation(tiny_model, clips(2), batch_size=2)
+    d = tiny_model.dims
+    assert len(table) == 2 * (d.n_audio_layer + d.n_text_layer)  # zero and mean for every block
+    assert set(table["ablation"]) == {"zero", "mean"} and set(table["stack"]) == {"encoder", "decoder"}
+    assert table.wer_vs_clean.is_monotonic_decreasing and (table.wer_vs_clean >= 0).all()
+
+
+def test_decoder_sae_features_report_promoted_tokens(tiny_model):
+    sae = build_sae(SAESpec(expansion_factor=2, options={"k": 4}), 64)
+    set_metadata(sae, tiny_model, "decoder_blocks.0.hook_resid_post", pack=False, dataset="test")
+    fa = feature_activations(tiny_model, sae, clips(3), n_top=2)
+    n_tokens = 3 * len(tiny_model.to_tokens("the birch canoe slid", prepend_sot=False)[0])
+    assert fa.n_positions == n_tokens  # transcript tokens only
+    assert len(fa.promoted_tokens) == 128 and all(len(t) == 8 for t in fa.promoted_tokens)
+    example = fa.top_examples(fa.most_active(1, max_density=1.0)[0])[0]
+    assert "time_s" not in example and 0 <= example["position"] < 24

@@ -191,7 +191,9 @@ def test_folder_and_manifests(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.wav", "text": "from jsonl", "id": "x"}) + "\n")
     assert [(e.id, e.text) for e in load_manifest(tmp_path / "m.csv")] == [("b", "from csv")]
     assert [(e.id, e.text) for e in load_manifest(tmp_path / "m.jsonl")] == [("x", "from jsonl")]
-    (tmp_path / "bad.csv").write_text("file,text\nb.wav,x\n")
+    (tmp_path / "f.csv").write_text("file,text\nb.wav,file column\n")  # scripts/make_samples.py's name
+    assert [e.text for e in load_manifest(tmp_path / "f.csv")] == ["file column"]
+    (tmp_path / "bad.csv").write_text("audio,text\nb.wav,x\n")
     with pytest.raises(ValueError, match="'path'"):
         list(load_manifest(tmp_path / "bad.csv"))
 

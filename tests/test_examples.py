@@ -21,17 +21,14 @@ def test_example_runs(script, capsys):
     assert capsys.readouterr().out.strip(), f"{script.name} printed nothing"
 
 
-def test_cli_demo_quick_writes_the_report(capsys, tmp_path):
-    from whisper_lens.cli import main
-
-    assert main(["demo", "--quick", "--device", "cpu", "--out", str(tmp_path / "report")]) == 0
-    out = capsys.readouterr().out
-    assert "word error rate" in out and "Open" in out
-    page = (tmp_path / "report" / "index.html").read_text()
+def test_cli_demo_quick_writes_the_report(demo_report):
+    report, out = demo_report
+    assert "word error rate" in out and "Open" in out and "[5/5]" in out
+    page = (report / "index.html").read_text()
     for section in ("transcripts", "heads", "attention", "encoder-lens", "logit-lens", "windows", "patching", "sae"):
         assert f"id='{section}'" in page, section
-    assert (tmp_path / "report" / "features" / "index.html").is_file()
-    assert list((tmp_path / "report" / "features" / "audio").glob("*.wav"))
+    assert (report / "features" / "index.html").is_file()
+    assert list((report / "features" / "audio").glob("*.wav"))
 
 
 def test_cli_rejects_bad_arguments(capsys):

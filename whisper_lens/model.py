@@ -306,7 +306,8 @@ class HookedWhisper(SAESplicing, HookedRootModule):
     def sot_sequence(
         self, *, language: str | None = None, task: str = "transcribe", timestamps: bool = False
     ) -> list[int]:
-        """The decoder prompt: <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>]."""
+        """The decoder prompt: `<|startoftranscript|>`, then `<|lang|> <|task|>` for multilingual
+        models, then `<|notimestamps|>` unless `timestamps=True`."""
         from whisper.tokenizer import get_tokenizer
 
         tok = self.tokenizer
