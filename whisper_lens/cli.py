@@ -94,8 +94,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"      {model}  <- {model.source}")
     clips = list(load_samples(limit=args.limit))
     stage(2, f"transcribing {len(clips)} bundled samples")
+    from tqdm.auto import tqdm
+
     hyps: list[str] = []
-    for start in range(0, len(clips), args.batch_size):
+    for start in tqdm(range(0, len(clips), args.batch_size), desc="transcribing", unit="batch"):
         hyps += [t.text for t in model.transcribe(clips[start:start + args.batch_size])]
     for clip, hyp in zip(clips, hyps):
         mark = " " if word_error_rate([clip.text], [hyp]) == 0 else "*"
@@ -121,8 +123,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup, word = _noisy_word_pair(model, words[0])
     print(f"      clean/corrupted: {words[0].text!r} with noise over {word.word!r}")
     stage(5, f"writing the report to {out}")
+    bar = tqdm(total=8, desc="report", unit="section")
+
+    def progress(section: str) -> None:
+        bar.set_postfix_str(section)
+        bar.update(1)
+
     index = build_report(model, clips, out, word_clips=words, sae=sae, sae_eval_clips=held_out, patching=setup,
-                         quick=args.quick, log=lambda s: print(f"      {s}", flush=True))
+                         quick=args.quick, log=progress)
+    bar.close()
     print(f"done in {time.perf_counter() - t0:.0f} s. Open {index.resolve()}")
     return 0
 
