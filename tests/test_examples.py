@@ -39,3 +39,17 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--limit" in capsys.readouterr().err
     assert main(["info", "no-such-model"]) == 2
     assert "cannot load Whisper weights" in capsys.readouterr().err
+
+
+def test_cli_analyze_own_audio(tmp_path, capsys):
+    from whisper_lens.cli import main
+    from whisper_lens.data import SAMPLES_DIR
+
+    files = [str(SAMPLES_DIR / "harvard_01_01.flac"), str(SAMPLES_DIR / "harvard_01_02.flac")]
+    texts = ["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background."]
+    assert main(["analyze", *files, "--text", *texts, "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert all(f"id='{s}'" in page for s in ("transcripts", "heads", "attention", "encoder-lens", "windows"))
+    assert "id='sae'" not in page and "id='patching'" not in page  # only with --sae / --corrupted
+    assert main(["analyze", *files, "--text", texts[0]]) == 2
+    assert "--text" in capsys.readouterr().err
