@@ -329,3 +329,28 @@ def test_audio_evaluator_has_saelens_evaluator_shape(tiny_model):
     assert {"whisper/explained_variance", "whisper/ce_recovered", "whisper/wer_spliced", "whisper/l0"} <= set(metrics)
     assert metrics["whisper/l0"] == pytest.approx(4.0)
     assert metrics["whisper/ce_clean"] > 0
+
+
+def test_keep_in_memory_replays_the_first_epoch_without_the_model(tiny_model):
+    calls = {"n": 0}
+
+    def count(act, hook):
+        calls["n"] += 1
+
+    data = clips(6)
+    stream = activation_provider(tiny_model, data, HOOK, batch_size=8, model_batch_size=2, pack=False,
+                                 buffer_size=8, mix_fraction=0.0, keep_in_memory=True)
+    tiny_model.add_hook(HOOK, count)
+    try:
+        first = [next(stream) for _ in range(3)]
+        while stream.epoch == 0:
+            next(stream)
+        model_calls = calls["n"]
+        later = torch.cat([next(stream) for _ in range(8)])
+    finally:
+        tiny_model.reset_hooks()
+    assert calls["n"] == model_calls  # later epochs come from memory
+    assert stream.epoch >= 1 and stream.n_rows_read == sum(len(r) for r in stream._memory)
+    seen = torch.cat(stream._memory)
+    distance = torch.cdist(later, seen, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    assert distance.max() < 1e-5 and len(first) == 3

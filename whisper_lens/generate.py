@@ -251,3 +251,13 @@ def _join_windows(model, offsets, seqs, lps, no_speech, languages) -> list[Trans
         ))
         start = end
     return results
+
+
+def transcribe_texts(model: HookedWhisper, clips: Sequence[Any], *, batch_size: int = 8, **kwargs: Any) -> list[str]:
+    """The transcript text of each clip, `batch_size` clips per call to `transcribe` (keyword
+    arguments such as `fwd_hooks` and `max_new_tokens` are passed on)."""
+    clips = list(clips)
+    texts: list[str] = []
+    for start in range(0, len(clips), batch_size):
+        texts += [t.text for t in transcribe(model, clips[start : start + batch_size], **kwargs)]
+    return texts

@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from whisper_lens.audio import AUDIO_POS_PER_SECOND
+from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate
 
 if TYPE_CHECKING:
@@ -191,10 +192,7 @@ def layer_ablation(model: HookedWhisper, clips: Sequence[Any], *, kinds: Sequenc
     refs = [c.text for c in clips] if all(getattr(c, "text", None) for c in clips) else None
 
     def transcribe(hooks: list) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(clips), batch_size):
-            out += [t.text for t in model.transcribe(clips[start : start + batch_size], fwd_hooks=hooks)]
-        return out
+        return transcribe_texts(model, clips, batch_size=batch_size, fwd_hooks=hooks)
 
     parts = {"encoder": ("attn_out", "mlp_out"), "decoder": ("attn_out", "cross_attn_out", "mlp_out")}
     means: dict[str, Tensor] = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate
 
 if TYPE_CHECKING:
@@ -64,10 +65,7 @@ def attention_window_sweep(model: HookedWhisper, clips: Sequence[Any], *,
     refs = [getattr(c, "text", None) for c in clips]
 
     def run() -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(clips), batch_size):
-            out += [t.text for t in model.transcribe(clips[start : start + batch_size], max_new_tokens=max_new_tokens)]
-        return out
+        return transcribe_texts(model, clips, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     full = run()
     rows = []

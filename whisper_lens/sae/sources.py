@@ -76,7 +76,7 @@ class ActivationStream(Iterator[Tensor]):
             raise ValueError(f"checkpoint was made with data seed {state['seed']}, this run uses {self.seed}")
         self.epoch, self.position, self._batches = state["epoch"], state["position"], None
 
-    def _clips(self) -> Iterator[Any]:
+    def _clips(self, repeat: bool) -> Iterator[Any]:
         while True:
             order = list(range(len(self.dataset)))
             random.Random(self.seed + self.epoch).shuffle(order)
@@ -84,35 +84,29 @@ class ActivationStream(Iterator[Tensor]):
                 item = self.dataset[order[self.position]]
                 self.position += 1
                 yield item
-            if not self.repeat:
+            if not repeat:
                 return
             self.epoch, self.position = self.epoch + 1, 0
 
     def _rows(self) -> Iterator[Tensor]:
-        if self.keep_in_memory:
-            yield from self._rows_from_memory()
+        if not self.keep_in_memory:
+            yield from self._rows_from_model(self.repeat)
             return
-        yield from self._rows_from_model()
-
-    def _rows_from_memory(self) -> Iterator[Tensor]:
-        """The first epoch comes from the model and is kept; later epochs replay it in a new order."""
+        # The first epoch comes from the model and is kept; later epochs replay it in a new order.
         start_epoch = self.epoch
-        self.repeat, repeat = False, self.repeat
-        try:
-            for rows in self._rows_from_model():
-                self._memory.append(rows)
-                yield rows
-        finally:
-            self.repeat = repeat
-        while repeat:
+        for rows in self._rows_from_model(repeat=False):
+            self._memory.append(rows)
+            yield rows
+        while self.repeat:
             self.epoch, self.position = max(self.epoch, start_epoch) + 1, len(self.dataset)
             order = torch.randperm(len(self._memory), generator=torch.Generator().manual_seed(self.seed + self.epoch))
             for index in order.tolist():
                 yield self._memory[index]
 
-    def _rows_from_model(self) -> Iterator[Tensor]:
-        source = iter_real_activations(self.model, self._clips(), [self.hook_name], batch_size=self.model_batch_size,
-                                       pack=self.pack, gap_s=self.gap_s, language=self.language)
+    def _rows_from_model(self, repeat: bool) -> Iterator[Tensor]:
+        source = iter_real_activations(self.model, self._clips(repeat), [self.hook_name],
+                                       batch_size=self.model_batch_size, pack=self.pack, gap_s=self.gap_s,
+                                       language=self.language)
         empty_passes = 0
         while True:
             start = time.perf_counter()
