@@ -14,28 +14,47 @@ has the same value and gradients as SAELens's otherwise.
 from __future__ import annotations
 
 import warnings
+from functools import cache
 from typing import Any
 
 import torch
-from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer, _SAEWrapper, set_deep_attr
-from sae_lens.saes.sae import _disable_hooks
 from torch import Tensor
 
+# SAELens is imported on first use, so `import whisper_lens` does not pay for it (about 3 s).
 
-class _ExactSAEWrapper(_SAEWrapper):
-    def forward(self, original_output: Tensor) -> Tensor:
-        if not self.use_error_term:
-            return super().forward(original_output)
-        sae_out = self.sae.decode(self.sae.encode(original_output))
-        with torch.no_grad():
-            with _disable_hooks(self.sae):
-                sae_out_clean = self.sae.decode(self.sae.encode(original_output))
-            error = original_output - sae_out_clean
-            edited_error = self.hook_sae_error(error)
-        out = original_output.detach() + (sae_out - sae_out_clean)
-        if edited_error is not error:
-            out = out + (edited_error - error)
-        return self.hook_sae_output(out)
+
+@cache
+def _saelens() -> tuple[Any, Any, Any]:
+    from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer, _SAEWrapper, set_deep_attr
+    from sae_lens.saes.sae import _disable_hooks
+
+    class _ExactSAEWrapper(_SAEWrapper):
+        def forward(self, original_output: Tensor) -> Tensor:
+            if not self.use_error_term:
+                return super().forward(original_output)
+            sae_out = self.sae.decode(self.sae.encode(original_output))
+            with torch.no_grad():
+                with _disable_hooks(self.sae):
+                    sae_out_clean = self.sae.decode(self.sae.encode(original_output))
+                error = original_output - sae_out_clean
+                edited_error = self.hook_sae_error(error)
+            out = original_output.detach() + (sae_out - sae_out_clean)
+            if edited_error is not error:
+                out = out + (edited_error - error)
+            return self.hook_sae_output(out)
+
+    return HookedSAETransformer, _ExactSAEWrapper, set_deep_attr
+
+
+def _borrow(name: str) -> Any:
+    """SAELens's `HookedSAETransformer.<name>`, called with a HookedWhisper as `self`."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(_saelens()[0], name)(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"SAELens's `HookedSAETransformer.{name}`, bound to HookedWhisper."
+    return method
 
 
 class SAESplicing:
@@ -44,13 +63,17 @@ class SAESplicing:
     _acts_to_saes: dict[str, Any]
     _transcoder_output_hooks: dict[str, str]
 
-    acts_to_saes = HookedSAETransformer.acts_to_saes
-    _reset_sae = HookedSAETransformer._reset_sae
-    reset_saes = HookedSAETransformer.reset_saes
-    saes = HookedSAETransformer.saes
-    run_with_saes = HookedSAETransformer.run_with_saes
-    run_with_cache_with_saes = HookedSAETransformer.run_with_cache_with_saes
-    run_with_hooks_with_saes = HookedSAETransformer.run_with_hooks_with_saes
+    _reset_sae = _borrow("_reset_sae")
+    reset_saes = _borrow("reset_saes")
+    saes = _borrow("saes")
+    run_with_saes = _borrow("run_with_saes")
+    run_with_cache_with_saes = _borrow("run_with_cache_with_saes")
+    run_with_hooks_with_saes = _borrow("run_with_hooks_with_saes")
+
+    @property
+    def acts_to_saes(self) -> dict[str, Any]:
+        """Hook name -> attached SAE."""
+        return {name: wrapper.sae for name, wrapper in self._acts_to_saes.items()}
 
     def add_sae(self, sae: Any, use_error_term: bool | None = None,
                 exclude_special_tokens: bool | list[int] = False) -> None:
@@ -71,8 +94,8 @@ class SAESplicing:
         if trained_on and trained_on != getattr(self, "model_name", trained_on):
             warnings.warn(f"the SAE was trained on {trained_on!r}; this model is {self.model_name!r}",  # type: ignore
                           stacklevel=2)
-        wrapper = _ExactSAEWrapper(sae, use_error_term=sae.use_error_term if use_error_term is None
-                                   else use_error_term)
+        _, wrapper_class, set_deep_attr = _saelens()
+        wrapper = wrapper_class(sae, use_error_term=sae.use_error_term if use_error_term is None else use_error_term)
         self._acts_to_saes[hook] = wrapper
         set_deep_attr(self, hook, wrapper)
         self.setup()  # type: ignore[attr-defined]
