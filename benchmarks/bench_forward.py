@@ -3,7 +3,8 @@
     uv run python benchmarks/bench_forward.py [--models tiny base] [--batches 1 8] [--repeats 5]
     uv run python benchmarks/bench_forward.py --keep-freed-memory   # glibc keeps freed buffers
 
-For each model and batch size, four runs are interleaved `--repeats` times and medians compared:
+For each model and batch size, four runs are interleaved `--repeats` times (forwards, then backwards)
+and medians compared:
   openai-whisper forward (SDPA)       vs  run_with_cache, residual-stream names filter   (target <= 1.05x)
   openai-whisper forward (no SDPA)    vs  run_with_cache of every hook, patterns included (target <= 1.10x)
 A forward is the encoder on one 30 s window plus a teacher-forced decoder pass over 24 tokens,
@@ -73,8 +74,8 @@ def bench(name: str, batch: int, repeats: int) -> dict[str, float]:
     for fn in runs.values():  # warm-up
         timed(fn)
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for key, fn in runs.items():
+    for i in range(repeats):  # ABBA order: every run has each neighbour before and after it
+        for key, fn in (list(runs.items()) if i % 2 == 0 else reversed(runs.items())):
             times[key].append(timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -66,3 +66,72 @@ def test_cache_offload_and_batch_dim(tiny_model):
                                              names_filter=lambda n: n.endswith("resid_post"))
     assert all(n.endswith("resid_post") for n in cache.keys())
     assert cache["decoder_blocks.0.hook_resid_post"].shape == (tokens.shape[1], tiny_model.dims.n_text_state)
+
+
+PATTERN = "encoder_blocks.0.attn.hook_pattern"
+
+
+@pytest.fixture
+def reuse_all(monkeypatch, tiny_model):
+    """Reuse pattern buffers at the test models' small sizes too."""
+    from whisper_lens import components
+
+    monkeypatch.setattr(components, "_MIN_SPARE_BYTES", 0)
+    tiny_model.release_buffers()
+    yield tiny_model
+    tiny_model.release_buffers()
+
+
+def _kept_buffers(model) -> int:
+    from whisper_lens import components
+
+    return sum(len(components._SPARES[m].buffers) for m in model.modules() if m in components._SPARES)
+
+
+def test_pattern_buffers_are_reused_only_after_the_cache_is_dropped(reuse_all):
+    model = reuse_all
+    mel, tokens = make_inputs(model.dims)
+    other, _ = make_inputs(model.dims, seed=7)
+    with torch.no_grad():
+        _, first = model.run_with_cache(mel, tokens)
+        kept = first[PATTERN].clone()
+        _, second = model.run_with_cache(other, tokens)  # must not write into `first`
+        assert torch.equal(first[PATTERN], kept)
+        assert first[PATTERN].data_ptr() != second[PATTERN].data_ptr()
+        ptr = second[PATTERN].data_ptr()
+        del first, second
+        _, third = model.run_with_cache(mel, tokens)
+        assert third[PATTERN].data_ptr() == ptr  # the dropped cache's buffer, written again
+        model.release_buffers()
+        _, fresh = model.run_with_cache(mel, tokens)
+    assert third[PATTERN].data_ptr() != fresh[PATTERN].data_ptr()
+    for name in fresh.keys():
+        assert torch.equal(third[name], fresh[name]), name
+    assert torch.equal(third[PATTERN], kept)
+
+
+def test_a_hook_that_keeps_the_pattern_keeps_its_values(reuse_all):
+    model = reuse_all
+    mel, tokens = make_inputs(model.dims)
+    stash = []
+    with torch.no_grad():
+        model.run_with_hooks(mel, tokens, fwd_hooks=[(PATTERN, lambda t, hook: stash.append(t))])
+        kept = stash[0].clone()
+        model.run_with_hooks(mel * 0, tokens, fwd_hooks=[(PATTERN, lambda t, hook: stash.append(t))])
+    assert torch.equal(stash[0], kept) and not torch.equal(stash[1], kept)
+
+
+def test_pattern_buffers_are_released_by_fused_calls_and_never_kept_under_autograd(reuse_all):
+    model = reuse_all
+    mel, tokens = make_inputs(model.dims)
+    with torch.no_grad():
+        model.run_with_cache(mel, tokens)
+        assert _kept_buffers(model) > 0
+        model(mel, tokens)  # no pattern hooks: every layer takes the fused path
+    assert _kept_buffers(model) == 0
+    model.run_with_cache(mel, tokens)  # autograd on: `out=` buffers are not used
+    assert _kept_buffers(model) == 0
+    with torch.no_grad():
+        model.run_with_cache(mel, tokens)
+    model.release_buffers()
+    assert _kept_buffers(model) == 0

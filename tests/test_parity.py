@@ -16,19 +16,25 @@ from whisper_lens.loading.convert import hf_to_openai, hooked_to_openai, openai_
 ATOL = 1e-4
 
 
-@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_logits_match_openai_whisper(pair, dims, sdpa):
+@pytest.mark.parametrize("path", ["sdpa", "explicit", "explicit_reused_buffers"])
+def test_logits_match_openai_whisper(pair, dims, path, monkeypatch):
     ref, model = pair
     mel, tokens = make_inputs(dims)
     with torch.no_grad():
-        if sdpa:
+        if path == "sdpa":
             expected = ref(mel, tokens)
             got = model(mel, tokens)
         else:
             with whisper.model.disable_sdpa():
                 expected = ref(mel, tokens)
+            if path == "explicit_reused_buffers":  # second call writes into the first call's buffers
+                from whisper_lens import components
+
+                monkeypatch.setattr(components, "_MIN_SPARE_BYTES", 0)
+                model.run_with_cache(mel * 0.5, tokens)
             got, cache = model.run_with_cache(mel, tokens)  # caching patterns forces the explicit path
             assert any(k.endswith("hook_pattern") for k in cache.keys())
+            model.release_buffers()
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 

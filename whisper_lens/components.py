@@ -12,6 +12,8 @@ them does). Both give the same numbers; there is no global switch.
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
 
 import einops
@@ -82,10 +84,15 @@ class LayerNorm(nn.Module):
         if not (_active(self.hook_scale) or _active(self.hook_normalized)):
             return F.layer_norm(x.float(), self.w.shape, self.w.float(), self.b.float(), self.eps).to(dtype)
         x = x.float()
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        x = self.hook_normalized(x / scale)
-        return (x * self.w.float() + self.b.float()).to(dtype)
+        if torch.is_grad_enabled() and x.requires_grad:  # TransformerLens's formula: grads flow through the scale
+            x = x - x.mean(-1, keepdim=True)
+            scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+            x = self.hook_normalized(x / scale)
+        else:  # the same numbers from one fused kernel (its rstd output carries no gradient)
+            x, _, rstd = torch.ops.aten.native_layer_norm(x, self.w.shape, None, None, self.eps)
+            scale = self.hook_scale(rstd.reciprocal())
+            x = self.hook_normalized(x)
+        return torch.addcmul(self.b.float(), x, self.w.float()).to(dtype)
 
 
 def _causal_mask(n_query: int, n_key: int, device: torch.device) -> Bool[Tensor, "query_pos key_pos"]:
@@ -197,18 +204,88 @@ class Attention(nn.Module):
         mask = _causal_mask(n_query, n_key, q.device) if causal and n_query > 1 else None
         if _active(self.hook_attn_scores) or _active(self.hook_pattern):
             # Explicit path: the pattern is materialised so hooks can read or edit it.
-            scale = self.d_head**-0.25
-            scores = (q * scale) @ (k * scale).transpose(-1, -2)
+            spares = _spare_buffers(self, q, n_key) if mask is None else None
+            q = q * self.d_head**-0.5
+            if spares is not None:
+                scores = torch.matmul(q, k.transpose(-1, -2), out=spares.take("scores"))
+            else:
+                scores = q @ k.transpose(-1, -2)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             scores = self.hook_attn_scores(scores.float())
-            pattern = self.hook_pattern(F.softmax(scores, dim=-1)).to(q.dtype)
+            if spares is not None and spares.fits(scores):
+                pattern = torch.softmax(scores, dim=-1, out=spares.take("pattern"))
+            else:
+                pattern = F.softmax(scores, dim=-1)
+            pattern = self.hook_pattern(pattern).to(q.dtype)
             z = pattern @ v
-        elif mask is not None and n_key == n_query:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            _SPARES.pop(self, None)  # patterns are no longer wanted here: give their buffers back
+            z = _fused_attention(q, k, v, mask)
         return einops.rearrange(z, "b h p e -> b p h e")
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is not None and q.shape[-2] == k.shape[-2]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# Attention scores and patterns are the largest activations: 54 MB per item and layer for tiny's
+# encoder. A fresh buffer that size is page-faulted in by the OS on every call, which made caching
+# every hook 1.5-2x slower than openai-whisper's explicit attention at batch 8 on the project's
+# CPU. So each layer keeps its last score and pattern buffers and writes into them again once
+# nothing else holds them (the cache that received them was dropped). They are never reused under
+# autograd, are released by a forward that takes the fused path in that layer, and by
+# `HookedWhisper.release_buffers()`.
+_SPARES: "weakref.WeakKeyDictionary[nn.Module, _SpareBuffers]" = weakref.WeakKeyDictionary()
+_MIN_SPARE_BYTES = 1 << 22  # smaller buffers come cheaply from the allocator's free lists
+
+
+def release_spare_buffers(modules) -> None:
+    """Forget the kept score and pattern buffers of these modules (their memory is freed)."""
+    for module in modules:
+        _SPARES.pop(module, None)
+
+
+def _storage_users(t: Tensor) -> int | None:
+    """References to `t`'s storage (counting the handle this call makes); None if torch can't say."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return use_count(t.untyped_storage()._cdata) if use_count is not None else None
+
+
+class _SpareBuffers:
+    """One layer's reusable score and pattern buffers for one shape, dtype and device."""
+
+    def __init__(self, like: Tensor, shape: tuple[int, ...]):
+        self.shape, self.dtype, self.device = shape, like.dtype, like.device
+        self.buffers: dict[str, Tensor] = {}
+
+    def matches(self, like: Tensor, shape: tuple[int, ...]) -> bool:
+        return (self.shape, self.dtype, self.device) == (shape, like.dtype, like.device)
+
+    def fits(self, t: Tensor) -> bool:
+        return tuple(t.shape) == self.shape and t.dtype == self.dtype and t.device == self.device
+
+    def take(self, slot: str) -> Tensor:
+        """The kept buffer if only this object holds it (a fresh one otherwise, kept for next time)."""
+        buf = self.buffers.get(slot)
+        if buf is None or _ALONE is None or _storage_users(buf) != _ALONE:
+            buf = self.buffers[slot] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return buf.detach()  # an alias: whoever keeps it (or a view of it) raises the storage's count
+
+
+def _spare_buffers(layer: nn.Module, q: Tensor, n_key: int) -> _SpareBuffers | None:
+    shape = (*q.shape[:-1], n_key)
+    if torch.is_grad_enabled() or q.device.type != "cpu" or math.prod(shape) * q.element_size() < _MIN_SPARE_BYTES:
+        return None  # autograd can't record `out=`; GPU allocators already cache their blocks
+    spares = _SPARES.get(layer)
+    if spares is None or not spares.matches(q, shape):
+        spares = _SPARES[layer] = _SpareBuffers(q, shape)
+    return spares
+
+
+_ALONE = _storage_users(torch.empty(1))  # the count for a tensor held in one place only
 
 
 class MLP(nn.Module):
