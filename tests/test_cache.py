@@ -85,7 +85,8 @@ def reuse_all(monkeypatch, tiny_model):
 def _kept_buffers(model) -> int:
     from whisper_lens import components
 
-    return sum(len(components._SPARES[m].buffers) for m in model.modules() if m in components._SPARES)
+    spares = [components._SPARES[m] for m in model.modules() if m in components._SPARES]
+    return sum(len(kept) for s in spares for kept in s.buffers.values())
 
 
 def test_pattern_buffers_are_reused_only_after_the_cache_is_dropped(reuse_all):
@@ -98,16 +99,29 @@ def test_pattern_buffers_are_reused_only_after_the_cache_is_dropped(reuse_all):
         _, second = model.run_with_cache(other, tokens)  # must not write into `first`
         assert torch.equal(first[PATTERN], kept)
         assert first[PATTERN].data_ptr() != second[PATTERN].data_ptr()
-        ptr = second[PATTERN].data_ptr()
+        pointers = {first[PATTERN].data_ptr(), second[PATTERN].data_ptr()}
         del first, second
         _, third = model.run_with_cache(mel, tokens)
-        assert third[PATTERN].data_ptr() == ptr  # the dropped cache's buffer, written again
+        assert third[PATTERN].data_ptr() in pointers  # a dropped cache's buffer, written again
         model.release_buffers()
         _, fresh = model.run_with_cache(mel, tokens)
     assert third[PATTERN].data_ptr() != fresh[PATTERN].data_ptr()
     for name in fresh.keys():
         assert torch.equal(third[name], fresh[name]), name
     assert torch.equal(third[PATTERN], kept)
+
+
+def test_a_loop_that_rebinds_its_cache_reuses_the_buffers_of_two_calls_ago(reuse_all):
+    model = reuse_all
+    mel, tokens = make_inputs(model.dims)
+    pointers = []
+    with torch.no_grad():
+        for step in range(4):
+            _, cache = model.run_with_cache(mel + step, tokens)  # the last cache lives during the call
+            pointers.append(cache[PATTERN].data_ptr())
+            expected = cache[PATTERN].clone()
+    assert pointers[2] == pointers[0] and pointers[3] == pointers[1] and pointers[0] != pointers[1]
+    assert torch.equal(cache[PATTERN], expected)
 
 
 def test_a_hook_that_keeps_the_pattern_keeps_its_values(reuse_all):

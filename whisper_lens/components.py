@@ -255,11 +255,14 @@ def _storage_users(t: Tensor) -> int | None:
 
 
 class _SpareBuffers:
-    """One layer's reusable score and pattern buffers for one shape, dtype and device."""
+    """One layer's reusable score and pattern buffers for one shape, dtype and device.
+
+    Two buffers per slot: in `for clip in clips: _, cache = model.run_with_cache(clip)` the
+    previous cache is still alive during each call, and the one before it is free."""
 
     def __init__(self, like: Tensor, shape: tuple[int, ...]):
         self.shape, self.dtype, self.device = shape, like.dtype, like.device
-        self.buffers: dict[str, Tensor] = {}
+        self.buffers: dict[str, list[Tensor]] = {}
 
     def matches(self, like: Tensor, shape: tuple[int, ...]) -> bool:
         return (self.shape, self.dtype, self.device) == (shape, like.dtype, like.device)
@@ -268,10 +271,14 @@ class _SpareBuffers:
         return tuple(t.shape) == self.shape and t.dtype == self.dtype and t.device == self.device
 
     def take(self, slot: str) -> Tensor:
-        """The kept buffer if only this object holds it (a fresh one otherwise, kept for next time)."""
-        buf = self.buffers.get(slot)
-        if buf is None or _ALONE is None or _storage_users(buf) != _ALONE:
-            buf = self.buffers[slot] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        """A kept buffer that only this object holds, else a fresh one (kept for next time)."""
+        kept = self.buffers.setdefault(slot, [])
+        free = [buf for buf in kept if _ALONE is not None and _storage_users(buf) == _ALONE]
+        if free:
+            buf = free[0]
+        else:
+            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            kept[:] = [*kept[-1:], buf]  # the older one is held elsewhere; let its holder own it
         return buf.detach()  # an alias: whoever keeps it (or a view of it) raises the storage's count
 
 
