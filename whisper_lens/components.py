@@ -234,10 +234,10 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
 # Attention scores and patterns are the largest activations: 54 MB per item and layer for tiny's
 # encoder. A fresh buffer that size is page-faulted in by the OS on every call, which made caching
 # every hook 1.5-2x slower than openai-whisper's explicit attention at batch 8 on the project's
-# CPU. So each layer keeps its last score and pattern buffers and writes into them again once
-# nothing else holds them (the cache that received them was dropped). They are never reused under
-# autograd, are released by a forward that takes the fused path in that layer, and by
-# `HookedWhisper.release_buffers()`.
+# CPU. So each layer keeps its last two score and pattern buffers and writes into one again once
+# nothing else holds it (the cache that received it was dropped). They are never used under
+# autograd or off the CPU, and are released by a forward that takes the fused path in that layer
+# and by `HookedWhisper.release_buffers()`.
 _SPARES: "weakref.WeakKeyDictionary[nn.Module, _SpareBuffers]" = weakref.WeakKeyDictionary()
 _MIN_SPARE_BYTES = 1 << 22  # smaller buffers come cheaply from the allocator's free lists
 

@@ -626,8 +626,8 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         layer keeps its score and pattern buffers (once the cache that holds them is dropped) to
         write the next call's patterns into them; fresh buffers that size cost page faults on
         every call. A call that no longer needs a layer's patterns frees that layer's buffers;
-        this frees them all now. The kept memory is at most that of the patterns of one call
-        (tiny.en's encoder: 2 x 54 MB per layer per item).
+        this frees them all now. Each layer keeps at most two scores and two patterns of the
+        last call's shape (tiny.en's encoder: up to 4 x 54 MB per layer per item).
         """
         release_spare_buffers(self.modules())
 
