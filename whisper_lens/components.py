@@ -213,7 +213,7 @@ class Attention(nn.Module):
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             scores = self.hook_attn_scores(scores.float())
-            if spares is not None and spares.fits(scores):
+            if spares is not None and spares.matches(scores):  # a hook may return other scores
                 pattern = torch.softmax(scores, dim=-1, out=spares.take("pattern"))
             else:
                 pattern = F.softmax(scores, dim=-1)
@@ -264,11 +264,10 @@ class _SpareBuffers:
         self.shape, self.dtype, self.device = shape, like.dtype, like.device
         self.buffers: dict[str, list[Tensor]] = {}
 
-    def matches(self, like: Tensor, shape: tuple[int, ...]) -> bool:
+    def matches(self, like: Tensor, shape: tuple[int, ...] | None = None) -> bool:
+        """Whether buffers of `shape` (default: `like`'s) with `like`'s dtype and device are these."""
+        shape = tuple(like.shape) if shape is None else shape
         return (self.shape, self.dtype, self.device) == (shape, like.dtype, like.device)
-
-    def fits(self, t: Tensor) -> bool:
-        return tuple(t.shape) == self.shape and t.dtype == self.dtype and t.device == self.device
 
     def take(self, slot: str) -> Tensor:
         """A kept buffer that only this object holds, else a fresh one (kept for next time)."""
