@@ -7,6 +7,7 @@ import torch
 from transformer_lens.ActivationCache import ActivationCache
 
 from tests.conftest import make_inputs
+from whisper_lens import components
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,6 @@ PATTERN = "encoder_blocks.0.attn.hook_pattern"
 @pytest.fixture
 def reuse_all(monkeypatch, tiny_model):
     """Reuse pattern buffers at the test models' small sizes too."""
-    from whisper_lens import components
-
     monkeypatch.setattr(components, "_MIN_SPARE_BYTES", 0)
     tiny_model.release_buffers()
     yield tiny_model
@@ -83,8 +82,6 @@ def reuse_all(monkeypatch, tiny_model):
 
 
 def _kept_buffers(model) -> int:
-    from whisper_lens import components
-
     spares = [components._SPARES[m] for m in model.modules() if m in components._SPARES]
     return sum(len(kept) for s in spares for kept in s.buffers.values())
 

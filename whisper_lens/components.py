@@ -248,10 +248,12 @@ def release_spare_buffers(modules) -> None:
         _SPARES.pop(module, None)
 
 
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private, but torch.utils.swap_tensors uses it
+
+
 def _storage_users(t: Tensor) -> int | None:
     """References to `t`'s storage (counting the handle this call makes); None if torch can't say."""
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    return use_count(t.untyped_storage()._cdata) if use_count is not None else None
+    return _USE_COUNT(t.untyped_storage()._cdata) if _USE_COUNT is not None else None
 
 
 class _SpareBuffers:
