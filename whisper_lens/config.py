@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from transformer_lens import HookedTransformerConfig
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,28 @@ class StackConfig:
     @property
     def d_vocab_out(self) -> int:
         return self.d_vocab
+
+    def to_transformer_lens(self) -> HookedTransformerConfig:
+        """This stack as a real `HookedTransformerConfig` (what TL's helpers and patching read)."""
+        decoder = self.stack == "decoder"
+        return HookedTransformerConfig(
+            model_name=self.model_name,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_head,
+            d_mlp=self.d_mlp,
+            n_ctx=self.n_ctx,
+            d_vocab=self.d_vocab,
+            act_fn=self.act_fn,
+            eps=self.eps,
+            normalization_type=self.normalization_type,
+            positional_embedding_type="standard",  # both stacks add positions to the embedding
+            attention_dir="causal" if decoder else "bidirectional",
+            original_architecture=f"Whisper{self.stack.capitalize()}",
+            default_prepend_bos=decoder,  # the decoder's prompt starts with <|startoftranscript|>
+            tokenizer_prepends_bos=False,
+            init_weights=False,
+            device=str(self.device),
+            dtype=self.dtype,
+        )

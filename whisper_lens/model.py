@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import os
 from pathlib import Path
@@ -28,12 +28,15 @@ from transformer_lens.hook_points import HookPoint
 from whisper_lens.activations import iter_activations as _iter_activations
 from whisper_lens.sae.splice import SAESplicing
 from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
-from whisper_lens.cache import WhisperActivationCache
+from whisper_lens.cache import StackModel, WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed, release_spare_buffers
 from whisper_lens.config import StackConfig, WhisperDims
 from whisper_lens.generate import transcribe as _transcribe
 from whisper_lens.names import get_act_name
 from whisper_lens.runtime import default_dtype, resolve_device
+
+if TYPE_CHECKING:
+    from whisper_lens.decoder_view import HookedWhisperDecoder
 
 ReturnType = Literal["logits", "loss", "both"] | None
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -204,7 +207,8 @@ class HookedWhisper(SAESplicing, HookedRootModule):
     def dtype(self) -> torch.dtype:
         return self.W_E.dtype
 
-    def _stack_cfg(self, stack: Literal["encoder", "decoder"]) -> StackConfig:
+    def stack_config(self, stack: Literal["encoder", "decoder"]) -> StackConfig:
+        """TransformerLens-style config of one stack (`.to_transformer_lens()` for TL's own class)."""
         d = self.dims
         enc = stack == "encoder"
         d_model = d.n_audio_state if enc else d.n_text_state
@@ -226,11 +230,11 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     @property
     def encoder_cfg(self) -> StackConfig:
-        return self._stack_cfg("encoder")
+        return self.stack_config("encoder")
 
     @property
     def decoder_cfg(self) -> StackConfig:
-        return self._stack_cfg("decoder")
+        return self.stack_config("decoder")
 
     @property
     def cfg(self) -> StackConfig:
@@ -253,6 +257,53 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     def blocks(self, stack: Literal["encoder", "decoder"]) -> nn.ModuleList:
         return self.encoder_blocks if stack == "encoder" else self.decoder_blocks
+
+    def stack_model(self, stack: Literal["encoder", "decoder"]) -> StackModel:
+        """One stack with the attributes TransformerLens's cache helpers read (kept per device and dtype)."""
+        key = (stack, self.device, self.dtype)
+        kept = self.__dict__.setdefault("_stack_models", {})
+        if key not in kept:
+            kept[key] = StackModel(self, stack)
+        return kept[key]
+
+    def with_audio(
+        self,
+        audio: Any,
+        *,
+        fold_ln: bool = True,
+        center_writing_weights: bool = False,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+        process: bool = True,
+        no_processing: bool = False,
+        language: str | None = None,
+        task: str = "transcribe",
+        timestamps: bool = False,
+    ) -> HookedWhisperDecoder:
+        """The decoder, conditioned on `audio`, as a TransformerLens `HookedTransformer`.
+
+        The encoder runs once here (without gradients); the view's cross-attention reads its
+        output, broadcast to one or N token rows per audio item. Weight processing takes
+        HookedTransformer's flags with SAELens's defaults; `process=False` (or
+        `no_processing=True`) keeps the raw weights. `language`/`task`/`timestamps` choose the
+        prompt that `to_tokens(..., prepend_bos=True)` prepends. See `whisper_lens.decoder_view`.
+        """
+        from whisper_lens.decoder_view import make_decoder_view
+
+        if isinstance(audio, AudioBatch) or (isinstance(audio, Tensor) and audio.ndim >= 2):
+            source = audio
+        else:
+            source = self.prepare(audio)
+        with torch.no_grad():
+            encoder_out = self.encode(source)
+        processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                          center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                          refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+        if not process or no_processing:
+            processing = dict.fromkeys(processing, False)
+        prompt = self.sot_sequence(language=language, task=task, timestamps=timestamps)
+        return make_decoder_view(self, encoder_out, prompt=prompt, processing=processing)
 
     def _stacked(self, stack: str, attr: str, part: str = "attn") -> Tensor:
         return torch.stack([getattr(getattr(b, part), attr) for b in self.blocks(stack)])
