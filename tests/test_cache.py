@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.utilities import get_act_name
 from transformer_lens.ActivationCache import ActivationCache
 
 from tests.conftest import make_inputs
@@ -23,8 +24,23 @@ def test_cache_is_a_transformer_lens_activation_cache(run):
     assert isinstance(cache, ActivationCache)
     assert torch.equal(cache["resid_post", 1, "encoder"], cache["encoder_blocks.1.hook_resid_post"])
     assert torch.equal(cache["cross_pattern", -1, "decoder"], cache["decoder_blocks.1.cross_attn.hook_pattern"])
-    with pytest.raises(KeyError, match="stack"):
-        cache["resid_post", 1]
+
+
+def test_short_keys_follow_transformer_lens_on_the_default_stack(run, tiny_model):
+    _, _, _, cache = run
+    assert cache.default_stack == "decoder"
+    assert torch.equal(cache["resid_post", 0], cache["decoder_blocks.0.hook_resid_post"])
+    assert torch.equal(cache["pattern", 1, "attn"], cache["decoder_blocks.1.attn.hook_pattern"])
+    assert torch.equal(cache["pattern", -1, "attn", "encoder"], cache["encoder_blocks.1.attn.hook_pattern"])
+    assert torch.equal(cache[get_act_name("scale", 0, "ln2")], cache["decoder_blocks.0.ln3.hook_scale"])
+    assert torch.equal(cache["embed"], cache["hook_embed"])
+    mel, _ = make_inputs(tiny_model.dims)
+    with torch.no_grad():
+        _, encoder_only = tiny_model.run_with_cache(mel)
+    assert encoder_only.default_stack == "encoder"
+    assert torch.equal(encoder_only["resid_post", 0], encoder_only["encoder_blocks.0.hook_resid_post"])
+    with pytest.raises(KeyError, match="not in the cache"):
+        encoder_only["cross_pattern", 0, "decoder"]
 
 
 @pytest.mark.parametrize("stack", ["encoder", "decoder"])
@@ -37,17 +53,73 @@ def test_decompose_resid_sums_to_the_residual_stream(run, stack):
             cache[f"{stack}_blocks.{n - 1}.hook_resid_post"]
         torch.testing.assert_close(parts.sum(0), target, atol=1e-4, rtol=0)
         assert len(labels) == parts.shape[0]
+    mlp_in = cache.decompose_resid(0, True, stack=stack).sum(0)  # TL's positional mlp_input
+    mid = "hook_resid_mid_cross" if stack == "decoder" else "hook_resid_mid"
+    torch.testing.assert_close(mlp_in, cache[f"{stack}_blocks.0.{mid}"], atol=1e-4, rtol=0)
     if stack == "decoder":
-        assert "0_cross_attn" in cache.decompose_resid(stack="decoder", return_labels=True)[1]
+        labels = cache.decompose_resid(stack="decoder", return_labels=True)[1]
+        assert labels[:5] == ["embed", "pos_embed", "0_attn_out", "0_cross_attn_out", "0_mlp_out"]
 
 
-def test_accumulated_resid_lists_the_stream_before_each_block(run):
-    model, _, _, cache = run
-    stack, labels = cache.accumulated_resid(stack="decoder", incl_mid=True, return_labels=True)
+def test_accumulated_resid_takes_transformer_lens_arguments(run):
+    model, tokens, _, cache = run
+    stack, labels = cache.accumulated_resid(-1, True, False, return_labels=True)  # positional, as TL
     assert labels == ["0_pre", "0_mid", "0_mid_cross", "1_pre", "1_mid", "1_mid_cross", "final_post"]
     assert torch.equal(stack[-1], cache["decoder_blocks.1.hook_resid_post"])
+    last = cache.accumulated_resid(pos_slice=-1)  # an integer pos_slice drops the position axis
+    assert last.shape == (model.dims.n_text_layer + 1, tokens.shape[0], model.dims.n_text_state)
+    assert torch.equal(last[1], cache["decoder_blocks.1.hook_resid_pre"][:, -1])
     normed = cache.accumulated_resid(stack="encoder", apply_ln=True)
     assert normed.shape[0] == model.dims.n_audio_layer + 1
+    with_mlp_in, labels = cache.accumulated_resid(1, mlp_input=True, return_labels=True)
+    assert labels == ["0_pre", "1_pre", "1_mid", "1_mid_cross"]
+
+
+def test_apply_ln_to_stack_divides_by_the_cached_scale(run):
+    _, _, _, cache = run
+    resid = cache["decoder_blocks.1.hook_resid_pre"]
+    by_hand = (resid - resid.mean(-1, keepdim=True)) / cache["decoder_blocks.1.ln1.hook_scale"]
+    torch.testing.assert_close(cache.apply_ln_to_stack(resid[None], 1)[0], by_hand)
+    mlp = cache.apply_ln_to_stack(resid[None], 1, mlp_input=True, batch_slice=[1])[0]
+    scale = cache["decoder_blocks.1.ln3.hook_scale"][[1]]  # TL's ln2 is the decoder's MLP norm (ln3)
+    torch.testing.assert_close(mlp, (resid[[1]] - resid[[1]].mean(-1, keepdim=True)) / scale)
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_head_results_sum_to_attention_outputs(run, stack):
+    model, _, _, cache = run
+    n_heads = model.stack_config(stack).n_heads
+    heads, labels = cache.stack_head_results(-1, True, stack=stack)
+    assert labels[:2] == ["L0H0", "L0H1"] and len(labels) == heads.shape[0]
+    for layer, block in enumerate(model.blocks(stack)):
+        out = heads[layer * n_heads:(layer + 1) * n_heads].sum(0) + block.attn.b_O
+        torch.testing.assert_close(out, cache[f"{stack}_blocks.{layer}.hook_attn_out"], atol=1e-4, rtol=0)
+        neurons = cache.stack_neuron_results(layer + 1, stack=stack)[-model.stack_config(stack).d_mlp:]
+        torch.testing.assert_close(neurons.sum(0) + block.mlp.b_out, cache[f"{stack}_blocks.{layer}.hook_mlp_out"],
+                                   atol=1e-4, rtol=0)
+    if stack == "decoder":
+        cross, labels = cache.stack_head_results(1, True, cross=True)
+        assert labels[0] == "L0C0"
+        torch.testing.assert_close(cross.sum(0) + model.decoder_blocks[0].cross_attn.b_O,
+                                   cache["decoder_blocks.0.hook_cross_attn_out"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_full_resid_decomposition_sums_to_the_residual_stream(run, stack):
+    model, _, _, cache = run
+    n = model.stack_config(stack).n_layers
+    parts, labels = cache.get_full_resid_decomposition(stack=stack, expand_neurons=False, return_labels=True)
+    torch.testing.assert_close(parts.sum(0), cache[f"{stack}_blocks.{n - 1}.hook_resid_post"], atol=1e-4, rtol=0)
+    assert labels[-3:] == ["embed", "pos_embed", "bias"]
+    assert any(label.startswith("L0C") for label in labels) == (stack == "decoder")
+
+
+def test_batch_slice_keeps_the_helpers(run):
+    _, _, _, cache = run
+    first = cache.apply_slice_to_batch_dim(0)
+    assert type(first) is type(cache)
+    torch.testing.assert_close(first.decompose_resid().sum(0), cache["decoder_blocks.1.hook_resid_post"][0],
+                               atol=1e-4, rtol=0)
 
 
 def test_logit_attrs_of_decomposition_sum_to_logits(run):

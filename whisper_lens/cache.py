@@ -188,7 +188,7 @@ class DecoderActivationCache(ActivationCache):
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
                           pos_slice: Any = None, mlp_input: bool = False, return_labels: bool = False) -> Any:
-        pos_slice = Slice.unwrap(pos_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
         n_layers = self.model.cfg.n_layers
         layer = n_layers if layer is None or layer == -1 else layer
         components, labels = [], []
@@ -212,7 +212,7 @@ class DecoderActivationCache(ActivationCache):
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
                         mode: Literal["all", "mlp", "attn", "cross_attn"] = "all", apply_ln: bool = False,
                         pos_slice: Any = None, incl_embeds: bool = True, return_labels: bool = False) -> Any:
-        pos_slice = Slice.unwrap(pos_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
         n_layers = self.model.cfg.n_layers
         layer = n_layers if layer is None or layer == -1 else layer
         if mode not in ("all", "mlp", "attn", "cross_attn"):
@@ -264,7 +264,7 @@ class DecoderActivationCache(ActivationCache):
                                      return_labels: bool = False, project_output_onto: Tensor | None = None) -> Any:
         n_layers = self.model.cfg.n_layers
         layer = n_layers if layer is None or layer == -1 else layer
-        pos_slice = Slice.unwrap(pos_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
         stacked, labels = super().get_full_resid_decomposition(
             layer, mlp_input, expand_neurons, False, pos_slice, True, None)
         cross, cross_labels = self.stack_head_results(layer + (1 if mlp_input else 0), True, pos_slice=pos_slice,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
+import difflib
 import os
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from whisper_lens.runtime import default_dtype, resolve_device
 if TYPE_CHECKING:
     from whisper_lens.decoder_view import HookedWhisperDecoder
 
+MIN_PCM_SAMPLES = 2 * HOP_LENGTH  # one encoder position (conv2 halves the mel frames)
 ReturnType = Literal["logits", "loss", "both"] | None
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -641,14 +643,12 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         has fired (what SAELens's activation store expects), and the first return value is the
         last requested activation. Without a filter, `stop_at_layer` is passed to `forward`.
         """
+        self.check_hook_names(names_filter)
         cache_dict, fwd, bwd = self.get_caching_hooks(
             names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim, pos_slice=pos_slice
         )
         if stop_at_layer is not None and names_filter is not None:
             wanted = [name for name, _ in fwd]
-            unknown = _unknown_names(names_filter, self.hook_dict)
-            if unknown:
-                raise ValueError(f"unknown hook names {unknown}; see `model.hook_dict` or docs/hook_names.md")
             fired: set[str] = set()
 
             def stop_when_all_fired(tensor: Tensor, hook: HookPoint) -> None:
@@ -669,6 +669,27 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         if return_cache_object:
             return out, WhisperActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def check_hook_names(self, names: NamesFilter) -> None:
+        """Raise `UnknownHookError`, naming the close matches, for any name that is not a hook here."""
+        if names is None or callable(names):
+            return
+        for name in [names] if isinstance(names, str) else names:
+            if name not in self.mod_dict:
+                raise UnknownHookError(name, list(self.hook_dict))
+
+    def add_hook(self, name: Any, hook: Callable, dir: Literal["fwd", "bwd"] = "fwd",
+                 is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
+        """TransformerLens's `add_hook`, with a clear error for a name that is not a hook here."""
+        if isinstance(name, str) and name not in self.mod_dict:
+            raise UnknownHookError(name, list(self.hook_dict))
+        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def _enable_hook(self, name: Any, hook: Callable, dir: Literal["fwd", "bwd"] = "fwd") -> None:
+        """What `hooks(fwd_hooks=...)` and `run_with_hooks` call for each hook."""
+        if isinstance(name, str) and name not in self.mod_dict:
+            raise UnknownHookError(name, list(self.hook_dict))
+        super()._enable_hook(name=name, hook=hook, dir=dir)
 
     def release_buffers(self) -> None:
         """Free the attention score and pattern buffers kept for reuse.
@@ -722,16 +743,32 @@ def _to_float_wave(audio: Tensor) -> Tensor:
         return audio.float()
     if audio.dtype == torch.bool or audio.is_complex():
         raise ValueError(f"audio must be a float waveform or integer PCM, not {audio.dtype}")
-    if audio.numel() and (int(audio.max()) > 32767 or int(audio.min()) < -32768):
+    out_of_range = audio.numel() and (int(audio.max()) > 32767 or int(audio.min()) < -32768)
+    if out_of_range or audio.shape[-1] < MIN_PCM_SAMPLES:
+        what = "values outside int16's [-32768, 32767]" if out_of_range else \
+            f"{audio.shape[-1]} samples, fewer than one encoder position ({MIN_PCM_SAMPLES})"
         raise ValueError(
-            "integer audio is read as int16 PCM, but values fall outside [-32768, 32767]; "
-            "pass a float waveform in [-1, 1] instead"
+            f"HookedWhisper's first argument is audio, and integer input is read as int16 PCM, but it has "
+            f"{what}: this looks like token ids. For the decoder as a TransformerLens language model "
+            "over tokens, use `model.with_audio(audio)(tokens)`; to run the whole model, pass "
+            "`model(audio, tokens)`; for audio, pass a float waveform in [-1, 1]"
         )
     return audio.float() / 32768.0
 
 
-def _unknown_names(names_filter: NamesFilter, hook_dict: dict[str, HookPoint]) -> list[str]:
-    names = [names_filter] if isinstance(names_filter, str) else names_filter
-    if callable(names):
-        return []
-    return [n for n in names if n not in hook_dict]
+class UnknownHookError(ValueError, KeyError):
+    """A hook name that is not on the model (a typo, or a TransformerLens `blocks.{l}` name)."""
+
+    def __init__(self, name: str, known: Sequence[str]):
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        if name.startswith("blocks."):
+            close = [f"encoder_{name}", f"decoder_{name}"] + close
+            hint = ("TransformerLens's `blocks.{l}` names are the decoder view's: use `model.with_audio(audio)` "
+                    "for a HookedTransformer over the decoder, or name a stack here")
+        else:
+            hint = "see `model.hook_dict` or docs/hook_names.md"
+        matches = [c for c in dict.fromkeys(close) if c in known]
+        super().__init__(f"{name!r} is not a hook of this model; close matches: {matches or 'none'} ({hint})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
