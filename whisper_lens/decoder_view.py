@@ -37,7 +37,6 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import repeat_along_head_dimension
 
 from whisper_lens.cache import DecoderActivationCache, accumulated_bias
-from whisper_lens.tokenizer import WhisperTokenizerAdapter
 
 if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
@@ -147,7 +146,7 @@ class HookedWhisperDecoder(HookedTransformer):
     transcripts start with a space, as GPT-2's words do (`" The birch canoe"`).
     """
 
-    def __init__(self, cfg: HookedTransformerConfig, tokenizer: WhisperTokenizerAdapter,
+    def __init__(self, cfg: HookedTransformerConfig, tokenizer: Any,
                  prompt: list[int], encoder_out: Tensor):
         with warnings.catch_warnings():  # TL 3 warns that HookedTransformer goes away in 4.0
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -298,8 +297,7 @@ def make_decoder_view(model: HookedWhisper, encoder_out: Tensor, *, prompt: list
     store: dict = model.__dict__.setdefault("_decoder_view_weights", {})
     key = tuple(sorted(processing.items()))
     fingerprint = _fingerprint(model)
-    tokenizer = WhisperTokenizerAdapter(model.tokenizer, name_or_path=f"openai/whisper-{model.model_name}",
-                                        model_max_length=model.dims.n_text_ctx)
+    tokenizer = model.tokenizer
     kept = store.get(key)
     if kept is not None and kept[0] == fingerprint:
         _, cfg, weights = kept

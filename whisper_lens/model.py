@@ -35,6 +35,7 @@ from whisper_lens.config import StackConfig, WhisperDims
 from whisper_lens.generate import transcribe as _transcribe
 from whisper_lens.names import get_act_name
 from whisper_lens.runtime import default_dtype, resolve_device
+from whisper_lens.tokenizer import WhisperTokenizerAdapter
 
 if TYPE_CHECKING:
     from whisper_lens.decoder_view import HookedWhisperDecoder
@@ -345,16 +346,20 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     # ------------------------------------------------------------------ tokens
     @cached_property
-    def tokenizer(self):
-        """openai-whisper's tokenizer for this vocabulary (ships with the package; works offline)."""
+    def tokenizer(self) -> WhisperTokenizerAdapter:
+        """openai-whisper's tokenizer for this vocabulary (ships with the package; works offline),
+        with the Hugging Face attributes TransformerLens and SAELens read (`bos_token_id`,
+        `pad_token_id`, `batch_decode`, ...)."""
         from whisper.tokenizer import get_tokenizer
 
-        return get_tokenizer(
+        whisper_tokenizer = get_tokenizer(
             self.dims.is_multilingual,
             num_languages=self.dims.num_languages,
             language="en" if self.dims.is_multilingual else None,
             task="transcribe",
         )
+        return WhisperTokenizerAdapter(whisper_tokenizer, name_or_path=f"openai/whisper-{self.model_name}",
+                                       model_max_length=self.dims.n_text_ctx)
 
     def sot_sequence(
         self, *, language: str | None = None, task: str = "transcribe", timestamps: bool = False

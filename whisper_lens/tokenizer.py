@@ -7,7 +7,8 @@ those, with Whisper's meanings:
 
 - `bos_token_id` is `<|startoftranscript|>` (the first token of every decoder prompt);
 - `eos_token_id` and `pad_token_id` are `<|endoftext|>` (Whisper pads with it);
-- special-token text such as `<|en|>` or `<|notimestamps|>` is parsed as the special token.
+- special-token text such as `<|en|>` or `<|notimestamps|>` is parsed as the special token;
+- openai-whisper's own attributes (`sot_sequence`, `eot`, `decode_with_timestamps`, ...) pass through.
 """
 
 from __future__ import annotations
@@ -127,11 +128,13 @@ class WhisperTokenizerAdapter:
         return TokenizerOutput(input_ids=ids, attention_mask=mask)
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False, **_: Any) -> str:
+        """Text of the ids; timestamp tokens are dropped, as openai-whisper's `decode` does
+        (`decode_with_timestamps` keeps them)."""
         ids = [int(t) for t in torch.as_tensor(token_ids).reshape(-1)] if not isinstance(token_ids, int) \
             else [token_ids]
         if skip_special_tokens:
             ids = [t for t in ids if t < self.whisper.eot]
-        return self.whisper.decode_with_timestamps(ids)
+        return self.whisper.decode(ids)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, **kwargs: Any) -> list[str]:
         return [self.decode(seq, skip_special_tokens=skip_special_tokens, **kwargs) for seq in sequences]
@@ -148,6 +151,12 @@ class WhisperTokenizerAdapter:
                 raise ValueError(f"{tokens!r} is {len(ids)} tokens, not one")
             return ids[0]
         return [self.convert_tokens_to_ids(t) for t in tokens]  # type: ignore[misc]
+
+    def __getattr__(self, name: str) -> Any:
+        """openai-whisper's own attributes (`sot`, `eot`, `sot_sequence`, `no_timestamps`, ...)."""
+        if name == "whisper":
+            raise AttributeError(name)
+        return getattr(self.whisper, name)
 
     def __repr__(self) -> str:
         return f"WhisperTokenizerAdapter({self.name_or_path!r}, vocab_size={self.vocab_size})"
