@@ -28,6 +28,7 @@ from transformer_lens.hook_points import HookPoint
 
 from whisper_lens.activations import iter_activations as _iter_activations
 from whisper_lens.sae.splice import SAESplicing
+from whisper_lens.audio_refs import HeldAudio, is_reference_rows
 from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
 from whisper_lens.cache import StackModel, WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed, release_spare_buffers
@@ -609,6 +610,8 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        if decoder_input is None and encoder_out is None and is_reference_rows(input):
+            return self._forward_reference_rows(input, return_type, loss_per_token, stop_at_layer)
         if (input is None) == (encoder_out is None):
             raise ValueError("pass exactly one of `input` (audio) and `encoder_out`")
         runs_decoder = decoder_input is not None
@@ -625,6 +628,41 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         if return_type is None:
             return None
         loss = next_token_loss(logits, torch.as_tensor(decoder_input, device=self.device), loss_mask, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    @property
+    def held_audio(self) -> HeldAudio:
+        """Windows that reference rows (`whisper_lens.sae.saelens_dataset`) name."""
+        return self.__dict__.setdefault("_held_audio", HeldAudio())
+
+    def _forward_reference_rows(self, rows: Tensor, return_type: ReturnType, loss_per_token: bool,
+                                stop_at_layer: int | None) -> Any:
+        """Run SAELens-shaped rows of audio references (see `whisper_lens.audio_refs`).
+
+        Logits are the teacher-forced decoder's, over the text positions of each row's window. The
+        loss per token is aligned to the row, so that SAELens's exclusion of padded positions
+        applies to it: for decoder rows position i holds the cross-entropy of token i (0 at the
+        first); for encoder rows every position holds its window's mean transcript cross-entropy.
+        """
+        resolved = self.held_audio.resolve(rows, pad_id=self.tokenizer.pad_token_id, eot=self.tokenizer.eot)
+        if resolved.kind == "encoder" and rows.shape[1] != self.dims.n_audio_ctx:
+            raise ValueError(f"encoder reference rows must cover a whole window ({self.dims.n_audio_ctx} positions), "
+                             f"not {rows.shape[1]}: set SAELens's context_size to {self.dims.n_audio_ctx}")
+        tokens = resolved.tokens.to(self.device)
+        logits = self.forward(resolved.mel.to(self.device, self.dtype), tokens, stop_at_layer=stop_at_layer)
+        if stop_at_layer is not None or return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        nll = next_token_loss(logits, tokens, per_token=True)  # [batch text_pos-1]: target i + 1
+        targets = resolved.targets[:, 1:].to(nll.device)
+        if not loss_per_token:
+            loss = (nll * targets).sum() / targets.sum().clamp(min=1)
+        elif resolved.kind == "decoder":
+            loss = F.pad(nll, (1, 0))
+        else:
+            per_window = (nll * targets).sum(1) / targets.sum(1).clamp(min=1)
+            loss = per_window[:, None].expand(rows.shape)
         return loss if return_type == "loss" else (logits, loss)
 
     # ------------------------------------------------------------------ caching

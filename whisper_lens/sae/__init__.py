@@ -3,6 +3,7 @@
     activation_provider(model, clips, hook)        SAETrainer data provider (route 1)
     train_sae(config)                              model + data + SAELens SAE + SAETrainer
     pcm_dataset(clips)                             dataset for LanguageModelSAETrainingRunner (route 2)
+    saelens_dataset(model, clips, hook_name=...)   rows SAELens's runner, ActivationsStore and run_evals read
     cache_activations(model, clips, hooks, dir)    cached activations SAELens reads (route 3)
     evaluate(model, sae, clips)                    reconstruction, sparsity, spliced CE and WER
     TrainSAEConfig                                 pydantic config, loadable from YAML (configs/)
@@ -19,6 +20,7 @@ _EXPORTS = {
     "activation_provider": "whisper_lens.sae.sources",
     "ActivationStream": "whisper_lens.sae.sources",
     "pcm_dataset": "whisper_lens.sae.sources",
+    "saelens_dataset": "whisper_lens.sae.sources",
     "cache_activations": "whisper_lens.sae.sources",
     "train_sae": "whisper_lens.sae.train",
     "build_sae": "whisper_lens.sae.train",

@@ -5,7 +5,8 @@
 
 Reconstruction and sparsity are read on real positions only (audio frames for encoder hooks,
 transcript tokens for decoder hooks). Splicing replaces the activation at those same positions
-(padding frames and the prompt pass through unchanged, as in training) and measures the
+(padding frames and the prompt pass through unchanged, as in training); the zero-ablation
+baseline zeros the whole activation, as SAELens's `run_evals` does. Both measure the
 teacher-forced cross-entropy of the reference transcript (clean / spliced / zero-ablated) and the
 word error rate of `transcribe` with the SAE spliced in.
 """
@@ -98,16 +99,16 @@ def _reconstruct(sae: Any, x: Tensor, scaler: Any = None) -> tuple[Tensor, Tenso
 
 def splice_hook(sae: Any, mask: Tensor | None, *, zero: bool = False, scaler: Any = None) -> Callable:
     """A forward hook that replaces the activation at `mask` positions (all, if None) with the
-    SAE's reconstruction, or with zeros."""
+    SAE's reconstruction; with `zero=True`, zeros the whole activation (SAELens's zero-ablation
+    baseline, so CE recovered means the same here and in `sae_lens.evals.run_evals`)."""
 
     def hook(act: Tensor, hook: Any) -> Tensor:
+        if zero:
+            return torch.zeros_like(act)
         where = torch.ones(act.shape[:2], dtype=torch.bool, device=act.device) if mask is None else mask
         where = where[:, : act.shape[1]].to(act.device)
         out = act.clone()
-        if zero:
-            out[where] = 0
-        else:
-            out[where] = _reconstruct(sae, act[where], scaler)[0]
+        out[where] = _reconstruct(sae, act[where], scaler)[0]
         return out
 
     return hook

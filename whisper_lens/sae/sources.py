@@ -211,6 +211,44 @@ def pcm_dataset(examples: Sequence[Any] | Any, *, seconds: float = 30.0, pack: b
     return Dataset.from_dict({"tokens": [r.tolist() for r in rows], "n_real": n_real}, features=features)
 
 
+def saelens_dataset(model: HookedWhisper, examples: Sequence[Any], *, hook_name: str, pack: bool = True,
+                    gap_s: float = 0.2, batch_size: int = 8, language: str | None = None) -> Dataset:
+    """A Hugging Face dataset for SAELens's runner, `ActivationsStore` and `run_evals`, with one
+    integer per hooked position (see `whisper_lens.audio_refs`).
+
+    The windows (packed with `pack=True`) are held by `model`, which resolves the rows when
+    SAELens calls it. Encoder hooks: one row per window, `model.dims.n_audio_ctx` ids (set
+    `context_size` to that). Decoder hooks: one row per window's transcript, as long as the
+    longest (`context_size` = `len(dataset[0]["tokens"])`). Padding, packing gaps and the decoder
+    prompt hold `model.tokenizer.pad_token_id`, which `exclude_special_tokens=True` drops (the
+    default of `run_evals`; SAELens's runner trains on every position unless it is set).
+    The examples need transcripts (`.text`): SAELens's CE-loss evals read them.
+    """
+    from datasets import Dataset, Features, Sequence as HFSequence, Value
+
+    from whisper_lens.activations import batches_of
+    from whisper_lens.audio_refs import decoder_rows, encoder_rows
+
+    decoder, _ = check_hooks(model, [hook_name])
+    pad = model.tokenizer.pad_token_id
+    rows: list[Tensor] = []
+    for group in batches_of(model, list(examples), batch_size, pack, gap_s):
+        batch = model.prepare(group, pack=pack, gap_s=gap_s, language=language)
+        windows = model.held_audio.add(batch)
+        if decoder:
+            rows += list(decoder_rows(windows, batch.tokens, batch.transcript_mask, pad))
+        else:
+            rows += list(encoder_rows(windows, batch.audio_mask, pad))
+    if not rows:
+        raise ValueError("no examples given")
+    width = max(len(r) for r in rows)
+    table = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = r
+    features = Features({"tokens": HFSequence(Value("int64"), length=width)})
+    return Dataset.from_dict({"tokens": table.tolist()}, features=features)
+
+
 # ------------------------------------------------------------------ route 3: cached activations
 MANIFEST = "whisper_lens_manifest.json"
 _TMP = ".tmp_shards"
