@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_weights,
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"logit_lens_and_attention.ipynb", "sae_features.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"logit_lens_and_attention.ipynb", "sae_features.ipynb",
+                                         "transformerlens_tutorial_on_speech.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
