@@ -157,3 +157,40 @@ def test_transformer_lens_utilities_run_on_the_view(real_model, speech_pair, cap
     assert text.strip().startswith("The birch")
     assert clean_view.to_single_token(" The") == real_model.to_single_token(" The")
     assert clean_view.to_str_tokens(" The")[:2] == ["<|startoftranscript|>", "<|notimestamps|>"]
+
+
+def test_every_cache_helper_runs_with_transformer_lens_arguments(unit):
+    """Each ActivationCache helper as TransformerLens's docs call it, on the view and on the model."""
+    model, mel, tokens, view = unit
+    with torch.no_grad():
+        _, view_cache = view.run_with_cache(tokens)
+        _, model_cache = model.run_with_cache(mel, tokens)
+    n_pos, d_model, d_mlp = tokens.shape[1], view.cfg.d_model, view.cfg.d_mlp
+    for cache in (view_cache, model_cache):
+        assert cache.accumulated_resid(-1, True, True, -1).shape[-2:] == (2, d_model)
+        assert cache.decompose_resid(-1, False, "all", True, -1).shape[-2:] == (2, d_model)
+        resid = cache.accumulated_resid(1)
+        assert cache.apply_ln_to_stack(resid, 1, False, None, [0]).shape == (2, 1, n_pos, d_model)
+        assert cache.logit_attrs(cache.decompose_resid(pos_slice=-1), tokens[:, -1], pos_slice=-1).ndim == 2
+        cache.compute_head_results()
+        assert cache.stack_head_results(-1, False, True, -1, True).shape == (
+            view.cfg.n_layers * view.cfg.n_heads + 1, 2, d_model)
+        assert cache.stack_activation("resid_post").shape == (view.cfg.n_layers, 2, n_pos, d_model)
+        assert cache.get_neuron_results(0, [0, 1], -1).shape == (2, 2, d_model)
+        assert cache.stack_neuron_results(1, -1).shape == (d_mlp, 2, d_model)
+        full, labels = cache.get_full_resid_decomposition(1, True, False, True, -1, True)
+        assert len(labels) == full.shape[0]
+        sliced = cache.apply_slice_to_batch_dim([1])
+        torch.testing.assert_close(sliced.decompose_resid().sum(0), cache["resid_post", -1][[1]], atol=1e-4, rtol=0)
+        single = cache.apply_slice_to_batch_dim(0)
+        assert single.accumulated_resid(-1).shape == (view.cfg.n_layers + 1, n_pos, d_model)
+
+
+def test_unknown_hook_names_are_refused_with_close_matches(tiny_model):
+    mel, tokens = make_inputs(tiny_model.dims, batch=1)
+    with pytest.raises(ValueError, match="decoder_blocks.1.hook_resid_post"):
+        tiny_model.run_with_cache(mel, tokens, names_filter=[get_act_name("resid_post", 1)])
+    with pytest.raises(KeyError, match="encoder_blocks.0.hook_resid_post"):
+        tiny_model.run_with_hooks(mel, tokens, fwd_hooks=[("encoder_blocks.0.hook_resid_pots", lambda a, hook: a)])
+    with pytest.raises(ValueError, match="with_audio"):
+        tiny_model.run_with_cache(mel, tokens, names_filter="blocks.0.attn.hook_pattern")

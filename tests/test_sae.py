@@ -354,3 +354,21 @@ def test_keep_in_memory_replays_the_first_epoch_without_the_model(tiny_model):
     seen = torch.cat(stream._memory)
     distance = torch.cdist(later, seen, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
     assert distance.max() < 1e-5 and len(first) == 3
+
+
+@pytest.mark.parametrize("position", [0, 3, 6])
+def test_keep_in_memory_resumes_past_the_first_epoch(tiny_model, position):
+    """Regression: a checkpoint taken after the first epoch left the memory empty and `next` spun forever."""
+    import threading
+
+    data = clips(6)
+    stream = activation_provider(tiny_model, data, HOOK, batch_size=8, model_batch_size=2, pack=False,
+                                 buffer_size=8, mix_fraction=0.0, keep_in_memory=True)
+    stream.load_state_dict({"epoch": 2, "position": position, "seed": 0})
+    out: list = []
+    worker = threading.Thread(target=lambda: out.extend(next(stream) for _ in range(12)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the resumed stream hangs"
+    assert len(out) == 12 and all(batch.shape == (8, 64) for batch in out)
+    assert stream.epoch > 2 and stream._memory  # one whole epoch was read back into memory

@@ -92,13 +92,25 @@ class ActivationStream(Iterator[Tensor]):
         if not self.keep_in_memory:
             yield from self._rows_from_model(self.repeat)
             return
-        # The first epoch comes from the model and is kept; later epochs replay it in a new order.
-        start_epoch = self.epoch
+        # Rows come from the model until one whole epoch is in memory; later epochs replay it in a
+        # new order. Memory is not checkpointed, so a resumed run (position > 0) reads the rest of
+        # its epoch, then one whole epoch, from the model before replaying.
+        whole_epoch = self.position == 0
         for rows in self._rows_from_model(repeat=False):
-            self._memory.append(rows)
+            if whole_epoch:
+                self._memory.append(rows)
             yield rows
-        while self.repeat:
-            self.epoch, self.position = max(self.epoch, start_epoch) + 1, len(self.dataset)
+        if not self.repeat:
+            return
+        if not whole_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+            for rows in self._rows_from_model(repeat=False):
+                self._memory.append(rows)
+                yield rows
+        if not any(len(rows) for rows in self._memory):
+            raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
+        while True:
+            self.epoch, self.position = self.epoch + 1, len(self.dataset)
             order = torch.randperm(len(self._memory), generator=torch.Generator().manual_seed(self.seed + self.epoch))
             for index in order.tolist():
                 yield self._memory[index]
