@@ -101,3 +101,31 @@ def demo_report(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert main(["demo", "--quick", "--device", "cpu", "--out", str(out)]) == 0
     return out, printed.getvalue()
+
+
+# ---------------------------------------------------------------------- the suite leaves the tree clean
+def _git_status() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._git_status_before = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if the tests changed `git status` (files written into the repository)."""
+    before = getattr(session.config, "_git_status_before", None)
+    after = _git_status()
+    if before is None or after is None or before == after:
+        return
+    new = sorted(set(after.splitlines()) - set(before.splitlines()))
+    print(f"\nthe test run changed `git status --porcelain`: {new}; tests must write under tmp_path")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -150,7 +150,7 @@ def test_bad_inputs_raise_clear_errors(tiny_model):
     mel, _ = make_inputs(dims)
     with pytest.raises(ValueError, match="at most"):
         tiny_model(mel, torch.zeros(2, dims.n_text_ctx + 1, dtype=torch.long))
-    with pytest.raises(ValueError, match="unknown hook names"):
+    with pytest.raises(ValueError, match="not a hook of this model"):
         tiny_model.run_with_cache(mel, names_filter=["encoder_blocks.0.hook_nope"], stop_at_layer=1)
 
 

@@ -259,7 +259,8 @@ def test_cache_activations_is_sharded_resumable_and_read_by_saelens(tiny_model, 
         sae=TopKTrainingSAEConfig(d_in=64, d_sae=256, k=4), model_name="random-tiny", model_class_name="HookedWhisper",
         hook_name=HOOK, dataset_path="pcm", use_cached_activations=True, cached_activations_path=str(out),
         context_size=8, training_tokens=4 * 16, train_batch_size_tokens=16, store_batch_size_prompts=2,
-        n_batches_in_buffer=2, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+        n_batches_in_buffer=2, device="cpu", logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(tmp_path / "sae"))
     # SAELens opens a token dataset even when it reads cached activations: any PCM dataset will do
     sae = LanguageModelSAETrainingRunner(cfg, override_model=tiny_model,
                                          override_dataset=pcm_dataset(data, seconds=0.32)).run()
