@@ -285,87 +285,168 @@ def cache_activations(
     """Write real-position activations where SAELens's `use_cached_activations=True` reads them.
 
     Rows of `context_size` consecutive real activations (one column per hook, plus `token_ids`
-    for decoder hooks) are written in shards of `clips_per_shard` clips. Each shard is written to
-    a temporary name and renamed when complete, so an interrupted run leaves only whole shards;
-    calling again with the same arguments skips them and continues. When every shard is done
-    they are merged with SAELens's own consolidation into `out_dir`, and `MANIFEST` records the
-    hooks, model, dataset and counts. Use `context_size` as the runner's `context_size`.
-    """
-    from datasets import Array2D, Dataset, Features, Sequence as HFSequence, Value
-    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    for decoder hooks) are written in shards of `clips_per_shard` clips; activations short of a
+    full row at the end of a shard start the next shard's first row, so nothing is dropped but
+    the last partial row (counted in the manifest as `n_activations_dropped`).
 
+    Every step can be killed and rerun with the same arguments to the same result: a shard is
+    written under a temporary name and renamed when whole; the merge into `out_dir` (SAELens's own
+    consolidation, over hard links to the shards) is redone from the intact shards until the
+    manifest `MANIFEST` is written, which is the commit point. Use `context_size` as the runner's
+    `context_size`.
+    """
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     decoder, _ = check_hooks(model, names)
     items = list(dataset)
     if not items:
         raise ValueError("the dataset is empty")
     out = Path(out_dir)
-    if (out / MANIFEST).is_file():
-        raise FileExistsError(f"{out} already holds a finished activation cache; choose another out_dir")
     tmp = out / _TMP
-    tmp.mkdir(parents=True, exist_ok=True)
     settings = {"hook_names": names, "model_name": model.model_name, "dataset": dataset_name, "n_clips": len(items),
                 "context_size": context_size, "clips_per_shard": clips_per_shard, "pack": pack, "gap_s": gap_s,
                 "dtype": dtype, "batch_size": batch_size}
-    progress_file = tmp / "progress.json"
+    finished = _finished_cache(out, settings)
+    if finished is not None:
+        return finished
+    tmp.mkdir(parents=True, exist_ok=True)
+    _check_progress(tmp / "progress.json", settings, out)
+    for stale in tmp.glob("writing_*"):  # a shard interrupted mid-write
+        shutil.rmtree(stale)
+
+    totals = {"rows": 0, "activations": 0}
+    carry: dict[str, Tensor] = {}
+    d_ins: dict[str, int] = {}
+    shards = range(0, len(items), clips_per_shard)
+    bar = tqdm(total=len(items), desc="Caching activations", unit="clip", disable=not progress)
+    for index, start in enumerate(shards):
+        chunk = items[start : start + clips_per_shard]
+        final = tmp / f"shard_{index:05d}"
+        if not final.is_dir():
+            stacked = _shard_activations(model, chunk, names, decoder, batch_size, pack, gap_s, language, carry, bar)
+            _write_shard(tmp, index, stacked, names, decoder, context_size, dtype)
+        else:
+            bar.update(len(chunk))
+        info = json.loads((final / _SHARD_INFO).read_text())
+        carry = _load_remainder(final)
+        d_ins = info["d_in"]
+        totals["rows"] += info["rows"]
+        totals["activations"] += info["rows"] * context_size
+        (tmp / "progress.json").write_text(json.dumps({"settings": settings, "shards_done": index + 1}))
+    bar.close()
+    if totals["rows"] == 0:
+        raise ValueError(f"{sum(len(v) for v in carry.values()) // max(len(carry), 1)} real activations, fewer than "
+                         f"context_size {context_size}; lower context_size or add clips")
+    dropped = len(next(iter(carry.values()))) if carry else 0
+    manifest = {**settings, "d_in": d_ins, "n_rows": totals["rows"], "n_activations": totals["activations"],
+                "n_activations_dropped": dropped, "n_shards": len(shards), "whisper_lens": _version()}
+    return _consolidate(out, tmp, manifest)
+
+
+_SHARD_INFO = "whisper_lens_shard.json"
+_REMAINDER = "whisper_lens_remainder.safetensors"
+
+
+def _finished_cache(out: Path, settings: dict[str, Any]) -> Dataset | None:
+    """The finished cache in `out` (cleaning up what a kill after the manifest left), or None."""
+    from datasets import Dataset
+
+    if not (out / MANIFEST).is_file():
+        return None
+    manifest = json.loads((out / MANIFEST).read_text())
+    if {k: manifest.get(k) for k in settings} != settings:
+        raise FileExistsError(f"{out} already holds a finished activation cache made with other arguments; "
+                              "choose another out_dir")
+    shutil.rmtree(out / _TMP, ignore_errors=True)
+    return Dataset.load_from_disk(str(out))
+
+
+def _check_progress(progress_file: Path, settings: dict[str, Any], out: Path) -> None:
     if progress_file.is_file():
         previous = json.loads(progress_file.read_text())["settings"]
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise ValueError(f"{out} holds an unfinished cache made with different {changed}; "
                              "use the same arguments to resume, or a new out_dir")
-    for stale in tmp.glob("writing_*"):  # a shard interrupted mid-write
-        shutil.rmtree(stale)
 
-    d_ins: dict[str, int] = {}
-    n_rows = n_acts = 0
-    shards = range(0, len(items), clips_per_shard)
-    bar = tqdm(total=len(items), desc="Caching activations", unit="clip", disable=not progress)
-    for index, start in enumerate(shards):
-        final = tmp / f"shard_{index:05d}"
-        chunk = items[start : start + clips_per_shard]
-        if final.is_dir():
-            info = json.loads((final / "whisper_lens_shard.json").read_text())
-            n_rows, n_acts, d_ins = n_rows + info["rows"], n_acts + info["rows"] * context_size, info["d_in"]
-            bar.update(len(chunk))
-            continue
-        columns: dict[str, list[Tensor]] = {n: [] for n in names}
-        tokens: list[Tensor] = []
-        for part in iter_real_activations(model, chunk, names, batch_size=batch_size, pack=pack, gap_s=gap_s,
-                                          language=language):
-            for n in names:
-                columns[n].append(part.acts[n].cpu())
-            if part.token_ids is not None:
-                tokens.append(part.token_ids.cpu())
-            bar.update(part.n_items)
-        stacked = {n: torch.cat(v) for n, v in columns.items()}
-        d_ins = {n: v.shape[1] for n, v in stacked.items()}
-        rows = stacked[names[0]].shape[0] // context_size
-        if rows == 0:
-            raise ValueError(f"shard {index} has {stacked[names[0]].shape[0]} real rows, fewer than context_size "
-                             f"{context_size}; raise clips_per_shard or lower context_size")
-        keep = rows * context_size
-        data: dict[str, Any] = {n: v[:keep].reshape(rows, context_size, -1).to(getattr(torch, dtype)).numpy()
-                                for n, v in stacked.items()}
-        features: dict[str, Any] = {n: Array2D(shape=(context_size, d_ins[n]), dtype=dtype) for n in names}
-        if decoder:
-            data["token_ids"] = torch.cat(tokens)[:keep].reshape(rows, context_size).to(torch.int32).numpy()
-            features["token_ids"] = HFSequence(Value("int32"), length=context_size)
-        writing = tmp / f"writing_{index:05d}"
-        Dataset.from_dict(data, features=Features(features)).save_to_disk(str(writing))
-        (writing / "whisper_lens_shard.json").write_text(json.dumps({"rows": rows, "d_in": d_ins}))
-        os.replace(writing, final)  # the shard exists only once it is whole
-        n_rows, n_acts = n_rows + rows, n_acts + keep
-        progress_file.write_text(json.dumps({"settings": settings, "shards_done": index + 1}))
-    bar.close()
 
-    for extra in (progress_file, *tmp.glob("shard_*/whisper_lens_shard.json")):
-        extra.unlink()
-    result = CacheActivationsRunner._consolidate_shards(tmp, out, copy_files=False)
-    manifest = {**settings, "d_in": d_ins, "n_rows": n_rows, "n_activations": n_acts, "n_shards": len(shards),
-                "columns": list(result.column_names), "whisper_lens": _version()}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return result
+def _shard_activations(model: HookedWhisper, chunk: list[Any], names: list[str], decoder: bool, batch_size: int,
+                       pack: bool, gap_s: float, language: str | None, carry: dict[str, Tensor],
+                       bar: Any) -> dict[str, Tensor]:
+    """This shard's activations (per hook, and `token_ids` for decoder hooks), after the carried ones."""
+    columns: dict[str, list[Tensor]] = {n: [carry[n]] if n in carry else [] for n in [*names, "token_ids"]}
+    for part in iter_real_activations(model, chunk, names, batch_size=batch_size, pack=pack, gap_s=gap_s,
+                                      language=language):
+        for n in names:
+            columns[n].append(part.acts[n].cpu())
+        if part.token_ids is not None:
+            columns["token_ids"].append(part.token_ids.cpu())
+        bar.update(part.n_items)
+    if not decoder:
+        columns.pop("token_ids")
+    return {n: torch.cat(v) for n, v in columns.items()}
+
+
+def _write_shard(tmp: Path, index: int, stacked: dict[str, Tensor], names: list[str], decoder: bool,
+                 context_size: int, dtype: str) -> None:
+    """Full rows as a dataset, the remainder beside it; renamed into place only once whole."""
+    from datasets import Array2D, Dataset, Features, Sequence as HFSequence, Value
+    from safetensors.torch import save_file
+
+    rows = stacked[names[0]].shape[0] // context_size
+    keep = rows * context_size
+    d_ins = {n: stacked[n].shape[1] for n in names}
+    data: dict[str, Any] = {n: stacked[n][:keep].reshape(rows, context_size, -1).to(getattr(torch, dtype)).numpy()
+                            for n in names}
+    features: dict[str, Any] = {n: Array2D(shape=(context_size, d_ins[n]), dtype=dtype) for n in names}
+    if decoder:
+        data["token_ids"] = stacked["token_ids"][:keep].reshape(rows, context_size).to(torch.int32).numpy()
+        features["token_ids"] = HFSequence(Value("int32"), length=context_size)
+    writing = tmp / f"writing_{index:05d}"
+    Dataset.from_dict(data, features=Features(features)).save_to_disk(str(writing))
+    save_file({n: v[keep:].contiguous() for n, v in stacked.items()}, str(writing / _REMAINDER))
+    (writing / _SHARD_INFO).write_text(json.dumps({"rows": rows, "d_in": d_ins}))
+    os.replace(writing, tmp / f"shard_{index:05d}")  # the shard exists only once it is whole
+
+
+def _load_remainder(shard: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(shard / _REMAINDER))
+
+
+def _consolidate(out: Path, tmp: Path, manifest: dict[str, Any]) -> Dataset:
+    """Merge the shards into `out` with SAELens's consolidation, redoably: it moves hard links
+    (or copies) of the shards' files, so the shards stay whole until the manifest is written."""
+    from datasets import Dataset
+
+    from whisper_lens.sae._saelens_private import consolidate_shards
+
+    for leftover in out.iterdir():  # what an interrupted merge left in out
+        if leftover.name != _TMP:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    linked = tmp / "linked"
+    shutil.rmtree(linked, ignore_errors=True)
+    shards = sorted(p for p in tmp.iterdir() if p.name.startswith("shard_"))
+    for shard in shards:
+        state = json.loads((shard / "state.json").read_text())
+        files = ["dataset_info.json", "state.json", *(f["filename"] for f in state["_data_files"])]
+        (linked / shard.name).mkdir(parents=True)
+        for name in files:
+            _link_or_copy(shard / name, linked / shard.name / name)
+    consolidate_shards(linked, out)
+    manifest["columns"] = list(Dataset.load_from_disk(str(out)).column_names)
+    staged = out / (MANIFEST + ".writing")
+    staged.write_text(json.dumps(manifest, indent=2))
+    os.replace(staged, out / MANIFEST)  # the commit point
+    shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset.load_from_disk(str(out))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _version() -> str:

@@ -25,8 +25,9 @@ from torch import Tensor
 
 @cache
 def _saelens() -> tuple[Any, Any, Any]:
-    from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer, _SAEWrapper, set_deep_attr
-    from sae_lens.saes.sae import _disable_hooks
+    from whisper_lens.sae._saelens_private import splicing_internals
+
+    HookedSAETransformer, _SAEWrapper, set_deep_attr, _disable_hooks = splicing_internals()
 
     class _ExactSAEWrapper(_SAEWrapper):
         def forward(self, original_output: Tensor) -> Tensor:
