@@ -33,6 +33,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE, mel_filters
 
+from whisper_lens.errors import AudioInputError
+
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 AUDIO_POS_PER_SECOND = FRAMES_PER_SECOND // 2  # 50 encoder positions per second (conv2 stride 2)
 
@@ -93,9 +95,10 @@ def load_audio(source: str | os.PathLike | np.ndarray | Tensor, *, sample_rate: 
         audio, rate = _as_float(np.asarray(source.cpu() if isinstance(source, Tensor) else source), label), \
             sample_rate or SAMPLE_RATE
     if audio.size == 0:
-        raise ValueError(f"{label}: the audio is empty")
+        raise AudioInputError(f"{label}: the audio is empty; give at least one sample")
     if not np.isfinite(audio).all():
-        raise ValueError(f"{label}: the audio has NaN or infinite samples")
+        raise AudioInputError(f"{label}: the audio has {int((~np.isfinite(audio)).sum())} NaN or infinite samples; "
+                              "replace them (np.nan_to_num) or drop the clip")
     if rate != SAMPLE_RATE:
         import soxr
 
@@ -122,17 +125,30 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
     return np.frombuffer(result.stdout, np.int16).astype(np.float32) / 32768.0, SAMPLE_RATE
 
 
+INT16_SCALE = 32768.0  # integer audio, whatever its dtype, is int16 PCM: x / 32768
+
+
+def pcm_to_float(samples: Tensor, label: str) -> Tensor:
+    """Float samples from integer PCM (any integer dtype, int16 scale), checked to be in range."""
+    if samples.numel() and (int(samples.max()) > 32767 or int(samples.min()) < -32768):
+        raise AudioInputError(
+            f"{label}: integer audio is read as int16 PCM, but values reach {int(samples.abs().max())}, beyond "
+            "[-32768, 32767]; pass a float waveform in [-1, 1] (int32 PCM: samples / 2**31)")
+    return samples.float() / INT16_SCALE
+
+
 def _as_float(array: np.ndarray, label: str) -> np.ndarray:
     """Float32 mono from a float or integer-PCM array, 1-D or [samples channels] (either order)."""
     if array.ndim not in (1, 2):
-        raise ValueError(f"{label}: expected a 1-D waveform or [samples channels], got shape {array.shape}")
+        raise AudioInputError(f"{label}: expected a 1-D waveform or [samples channels], got shape {array.shape}")
     if array.dtype.kind == "f":
         out = array.astype(np.float32)
-    elif array.dtype.kind in "iu":
-        half = 2 ** (8 * array.dtype.itemsize - 1)
-        out = (array.astype(np.float32) - (half if array.dtype.kind == "u" else 0)) / half
+    elif array.dtype.kind == "i":
+        out = pcm_to_float(torch.from_numpy(np.ascontiguousarray(array)), label).numpy()
+    elif array.dtype == np.uint8:  # 8-bit WAV samples are unsigned
+        out = (array.astype(np.float32) - 128.0) / 128.0
     else:
-        raise ValueError(f"{label}: cannot read audio samples of dtype {array.dtype}")
+        raise AudioInputError(f"{label}: cannot read audio samples of dtype {array.dtype}; pass float32 in [-1, 1]")
     if out.ndim == 2:  # channels are on the shorter axis
         out = out.mean(axis=0 if out.shape[0] < out.shape[1] else 1)
     return out
@@ -283,6 +299,64 @@ def plan_windows(lengths: Sequence[int], gap: int, window: int) -> list[list[int
     return groups
 
 
+@dataclass(frozen=True)
+class Clip:
+    """An audio item with what came beside it: an id, a transcript, the rate of an array."""
+
+    id: str
+    audio: Any  # a path, or samples at `sample_rate`
+    text: str | None = None
+    sample_rate: int | None = None
+
+
+def as_clips(audio: Any, text: str | Sequence[str] | None = None, *, sample_rate: int | None = None,
+             argument: str = "audio") -> list[Any]:
+    """The items of a user's audio argument: one path, 1-D array or tensor, or a sequence of them
+    (or of `AudioExample`-like records); `text` and an array's `sample_rate` are attached.
+
+    A 2-D array is a batch of waveforms [batch samples]; one that looks like [samples channels]
+    (many more rows than columns, at most 8 columns) is refused rather than read as thousands of clips."""
+    if isinstance(audio, (str, os.PathLike)) or getattr(audio, "ndim", None) == 1:
+        items = [audio]
+    elif getattr(audio, "ndim", None) == 2:
+        rows, cols = audio.shape
+        if cols <= 8 < rows:
+            raise AudioInputError(
+                f"{argument} has shape {tuple(audio.shape)}, which looks like [samples channels]; mix it to mono "
+                f"({argument}.mean(axis=1)) or pass the file path, or pass [batch samples] for a batch")
+        items = list(audio)
+    elif isinstance(audio, (bytes, dict)) or not isinstance(audio, Iterable):
+        raise AudioInputError(f"{argument} must be a path, a waveform, or a list of them, not {type(audio).__name__}")
+    else:
+        items = list(audio)
+    if text is not None:
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(texts) != len(items):
+            raise ValueError(f"{len(items)} audio items but {len(texts)} transcripts; give one text per item")
+        items = [_with(item, i, text=t, sample_rate=sample_rate) for i, (item, t) in enumerate(zip(items, texts))]
+    elif sample_rate is not None:
+        items = [_with(item, i, sample_rate=sample_rate) for i, item in enumerate(items)]
+    return items
+
+
+def _with(item: Any, index: int, *, text: str | None = None, sample_rate: int | None = None) -> Any:
+    """`item` with a transcript and (for arrays) a sample rate attached."""
+    if hasattr(item, "audio"):
+        return Clip(item_id(item, index), item.audio, text if text is not None else getattr(item, "text", None),
+                    getattr(item, "sample_rate", None))
+    rate = None if isinstance(item, (str, os.PathLike)) else sample_rate
+    return Clip(item_id(item, index), item, text, rate)
+
+
+def item_id(item: Any, index: int) -> str:
+    """A stable id: the record's `id`, a file's stem, else the position."""
+    if hasattr(item, "id"):
+        return str(item.id)
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item).stem
+    return str(index)
+
+
 def _clips(items: Iterable[Any], skip_bad: bool) -> tuple[list[tuple[str, np.ndarray, str | None]], int]:
     clips, skipped = [], 0
     for i, item in enumerate(items):
@@ -306,7 +380,7 @@ def _clip(item: Any, index: int) -> tuple[str, np.ndarray, str | None]:
             getattr(item, "text", None)
     if isinstance(item, (str, os.PathLike)):
         return Path(item).stem, load_audio(item), None
-    return str(index), load_audio(item, name=f"item {index}"), None
+    return str(index), load_audio(item, name=f"audio item {index}"), None
 
 
 def frame_mask(batch: AudioBatch, n_frames: int) -> Bool[Tensor, "batch mel_frame"]:

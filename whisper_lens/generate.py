@@ -189,10 +189,12 @@ def transcribe(
     temperature: float = 0.0,
     fwd_hooks: Sequence[tuple[str | Callable, Callable]] = (),
     max_new_tokens: int | None = None,
+    sample_rate: int | None = None,
 ) -> list[Transcription]:
     """Transcribe each input: clips of any length (split into 30 s windows and joined), a list of
     waveforms or paths, an `AudioBatch`, a log-mel batch [batch n_mels 3000], or (instead of
-    audio) a precomputed `encoder_out` [batch audio_pos d_model], one window per row."""
+    audio) a precomputed `encoder_out` [batch audio_pos d_model], one window per row.
+    Arrays are 16 kHz unless `sample_rate` says otherwise; files carry their own rate."""
     if (audio is None) == (encoder_out is None):
         raise ValueError("pass exactly one of `audio` and `encoder_out`")
     if beam_size is not None and (beam_size < 1 or temperature > 0):
@@ -204,7 +206,7 @@ def transcribe(
     elif isinstance(audio, Tensor) and audio.is_floating_point() and audio.ndim == 3:
         mel, offsets = audio, [0.0] * audio.shape[0]
     else:
-        batch = audio if isinstance(audio, AudioBatch) else model.prepare(_as_items(audio), chunk=True)
+        batch = audio if isinstance(audio, AudioBatch) else model.prepare(audio, chunk=True, sample_rate=sample_rate)
         mel, offsets = batch.mel, list(batch.offsets)
     max_new = max_new_tokens or model.dims.n_text_ctx // 2
     filters = _Filters(model)
@@ -222,14 +224,6 @@ def transcribe(
         else:
             seqs, lps, no_speech = _sample(model, encoder_out, prompts, max_new, temperature, filters)
     return _join_windows(model, offsets, seqs, lps, no_speech, languages)
-
-
-def _as_items(audio: Any) -> list[Any]:
-    if isinstance(audio, Tensor):
-        return list(audio) if audio.ndim == 2 else [audio]
-    if isinstance(audio, (str, bytes)) or hasattr(audio, "ndim") and audio.ndim == 1:
-        return [audio]
-    return list(audio)
 
 
 def _join_windows(model, offsets, seqs, lps, no_speech, languages) -> list[Transcription]:

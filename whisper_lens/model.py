@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-import difflib
 import os
 from pathlib import Path
 
@@ -29,10 +28,11 @@ from transformer_lens.hook_points import HookPoint
 from whisper_lens.activations import iter_activations as _iter_activations
 from whisper_lens.sae.splice import SAESplicing
 from whisper_lens.audio_refs import HeldAudio, is_reference_rows
-from whisper_lens.audio import HOP_LENGTH, AudioBatch, load_audio, log_mel_spectrogram, pad_or_trim
+from whisper_lens.audio import HOP_LENGTH, AudioBatch, as_clips, log_mel_spectrogram, pad_or_trim, pcm_to_float
 from whisper_lens.cache import StackModel, WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed, release_spare_buffers
 from whisper_lens.config import StackConfig, WhisperDims
+from whisper_lens.errors import AudioInputError, HookOutputError, UnknownHookError
 from whisper_lens.generate import transcribe as _transcribe
 from whisper_lens.names import get_act_name
 from whisper_lens.runtime import default_dtype, resolve_device
@@ -52,24 +52,6 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tenso
     inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
     scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
     return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
-
-
-@dataclass(frozen=True)
-class _WithText:
-    """An audio item paired with its transcript (what `prepare(audio, text)` builds)."""
-
-    id: str
-    text: str
-    audio: np.ndarray  # loaded once, 16 kHz mono
-    sample_rate: int = 16000
-
-
-def _with_text(item: Any, text: str, index: int) -> _WithText:
-    if hasattr(item, "audio"):
-        audio = load_audio(item.audio, sample_rate=getattr(item, "sample_rate", None), name=_item_id(item, index))
-    else:
-        audio = load_audio(item)
-    return _WithText(_item_id(item, index), text, audio)
 
 
 class _StopForward(Exception):
@@ -465,17 +447,15 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         chunk: bool = False,
         pack: bool = False,
         gap_s: float = 0.2,
+        sample_rate: int | None = None,
     ) -> AudioBatch:
         """An `AudioBatch` for this model: mel windows with their real-frame masks, and, when
         transcripts are known (`text=`, or `.text` on the items), the decoder input with its
-        padding mask and the index where the transcript starts after the prompt."""
-        items = [audio] if isinstance(audio, (str, np.ndarray)) or (isinstance(audio, Tensor) and audio.ndim == 1) \
-            else list(audio)
-        if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            if len(texts) != len(items):
-                raise ValueError(f"{len(items)} audio items but {len(texts)} transcripts")
-            items = [_with_text(item, t, i) for i, (item, t) in enumerate(zip(items, texts))]
+        padding mask and the index where the transcript starts after the prompt.
+
+        `audio` is a path, a waveform, or a sequence of them (or of `AudioExample`s); arrays are
+        16 kHz unless `sample_rate` says otherwise (files carry their own rate)."""
+        items = as_clips(audio, text, sample_rate=sample_rate)
         window = self.dims.n_mel_frames * HOP_LENGTH
         if pack:
             batch = AudioBatch.pack(items, gap_s=gap_s, n_mels=self.dims.n_mels, window_samples=window)
@@ -495,24 +475,28 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
         Waveforms are zero-padded or cut to one window (30 s for real checkpoints)."""
         n_frames = self.dims.n_mel_frames
+        window = n_frames * HOP_LENGTH
         if isinstance(audio, (list, tuple)):
-            items = [torch.as_tensor(np.asarray(a)).reshape(-1) for a in audio]
-            audio = torch.stack([pad_or_trim(_to_float_wave(a), n_frames * HOP_LENGTH) for a in items])
+            items = [_checked_wave(torch.as_tensor(np.asarray(a)).reshape(-1), window) for a in audio]
+            audio = torch.stack([pad_or_trim(_to_float_wave(a), window) for a in items])
         audio = torch.as_tensor(audio)
         if audio.is_floating_point() and audio.ndim == 3:
             if audio.shape[1] != self.dims.n_mels or audio.shape[2] != n_frames:
-                raise ValueError(
+                raise AudioInputError(
                     f"log-mel input has shape {tuple(audio.shape)}; this model needs "
                     f"[batch {self.dims.n_mels} {n_frames}] (one {n_frames // 100} s window). Pass the "
                     "waveform instead and it is padded for you, or pad the mel with zeros' log-mel."
                 )
+            if not torch.isfinite(audio).all():
+                raise AudioInputError("log-mel input has NaN or infinite values; recompute it from finite audio")
             return audio.to(self.device, self.dtype)
         if audio.ndim not in (1, 2):
-            raise ValueError(
+            raise AudioInputError(
                 f"audio input has shape {tuple(audio.shape)}; expected a waveform [batch samples], "
                 f"a 1-D waveform, or a log-mel [batch {self.dims.n_mels} {n_frames}]"
             )
-        wave = pad_or_trim(_to_float_wave(audio.reshape(-1, audio.shape[-1])), n_frames * HOP_LENGTH)
+        wave = _checked_wave(audio.reshape(-1, audio.shape[-1]), window)
+        wave = pad_or_trim(_to_float_wave(wave), window)
         mel = log_mel_spectrogram(wave.to(self.device), self.dims.n_mels)
         return mel.to(self.dtype)
 
@@ -616,6 +600,10 @@ class HookedWhisper(SAESplicing, HookedRootModule):
             raise ValueError("pass exactly one of `input` (audio) and `encoder_out`")
         runs_decoder = decoder_input is not None
         n_layers = self.dims.n_text_layer if runs_decoder else self.dims.n_audio_layer
+        if stop_at_layer is not None and not -n_layers <= stop_at_layer <= n_layers:
+            stack = "decoder" if runs_decoder else "encoder"
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [-{n_layers}, {n_layers}]: the {stack} "
+                             f"(the last stack this call runs) has {n_layers} blocks")
         if stop_at_layer is not None and stop_at_layer < 0:
             stop_at_layer += n_layers
         if encoder_out is None:
@@ -726,13 +714,13 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         """TransformerLens's `add_hook`, with a clear error for a name that is not a hook here."""
         if isinstance(name, str) and name not in self.mod_dict:
             raise UnknownHookError(name, list(self.hook_dict))
-        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+        super().add_hook(name, _shape_checked(hook), dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def _enable_hook(self, name: Any, hook: Callable, dir: Literal["fwd", "bwd"] = "fwd") -> None:
         """What `hooks(fwd_hooks=...)` and `run_with_hooks` call for each hook."""
         if isinstance(name, str) and name not in self.mod_dict:
             raise UnknownHookError(name, list(self.hook_dict))
-        super()._enable_hook(name=name, hook=hook, dir=dir)
+        super()._enable_hook(name=name, hook=_shape_checked(hook), dir=dir)
 
     def release_buffers(self) -> None:
         """Free the attention score and pattern buffers kept for reuse.
@@ -773,45 +761,51 @@ def next_token_loss(
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _item_id(item: Any, index: int) -> str:
-    if hasattr(item, "id"):
-        return str(item.id)
-    if isinstance(item, (str, os.PathLike)):
-        return Path(item).stem
-    return str(index)
+def _shape_checked(hook_fn: Callable) -> Callable:
+    """A hook that may edit its activation but not change its shape (a shorter tensor would run on)."""
+
+    def checked(activation: Any, hook: HookPoint) -> Any:
+        out = hook_fn(activation, hook=hook)
+        if isinstance(out, Tensor) and isinstance(activation, Tensor) and out.shape != activation.shape:
+            raise HookOutputError(
+                f"the hook on {hook.name} returned shape {tuple(out.shape)} for an activation of shape "
+                f"{tuple(activation.shape)}; return a tensor of the same shape (or None to keep the activation)")
+        return out
+
+    checked.__name__ = getattr(hook_fn, "__name__", repr(hook_fn))
+    return checked
+
+
+def _checked_wave(audio: Tensor, window: int) -> Tensor:
+    """Waveform rows that fit one window: longer audio is never cut without a word."""
+    if audio.shape[-1] > window:
+        raise AudioInputError(
+            f"audio is {audio.shape[-1] / 16000:.1f} s, longer than the {window / 16000:g} s window a forward pass "
+            "takes; split it into windows with `model.prepare(audio, chunk=True)` (one row per window), or "
+            "use `model.transcribe` for long audio")
+    if audio.is_floating_point() and audio.ndim == 2 and audio.shape[-1] <= 8 < audio.shape[0]:
+        raise AudioInputError(
+            f"audio has shape {tuple(audio.shape)}, which looks like [samples channels]; mix it to mono "
+            "(audio.mean(-1)) and pass [batch samples]")
+    return audio
 
 
 def _to_float_wave(audio: Tensor) -> Tensor:
-    if audio.is_floating_point():
-        return audio.float()
+    """A float waveform from float or integer (int16-scale PCM) samples, checked."""
     if audio.dtype == torch.bool or audio.is_complex():
-        raise ValueError(f"audio must be a float waveform or integer PCM, not {audio.dtype}")
-    out_of_range = audio.numel() and (int(audio.max()) > 32767 or int(audio.min()) < -32768)
-    if out_of_range or audio.shape[-1] < MIN_PCM_SAMPLES:
-        what = "values outside int16's [-32768, 32767]" if out_of_range else \
-            f"{audio.shape[-1]} samples, fewer than one encoder position ({MIN_PCM_SAMPLES})"
-        raise ValueError(
+        raise AudioInputError(f"audio must be a float waveform or integer PCM, not {audio.dtype}")
+    if audio.is_floating_point():
+        if not torch.isfinite(audio).all():
+            raise AudioInputError(f"audio has {int((~torch.isfinite(audio)).sum())} NaN or infinite samples; replace "
+                                  "them (torch.nan_to_num) or drop the item")
+        return audio.float()
+    if audio.shape[-1] < MIN_PCM_SAMPLES or (audio.numel() and (int(audio.max()) > 32767 or int(audio.min()) < -32768)):
+        what = f"{audio.shape[-1]} samples, fewer than one encoder position ({MIN_PCM_SAMPLES})" \
+            if audio.shape[-1] < MIN_PCM_SAMPLES else "values outside int16's [-32768, 32767]"
+        raise AudioInputError(
             f"HookedWhisper's first argument is audio, and integer input is read as int16 PCM, but it has "
             f"{what}: this looks like token ids. For the decoder as a TransformerLens language model "
             "over tokens, use `model.with_audio(audio)(tokens)`; to run the whole model, pass "
             "`model(audio, tokens)`; for audio, pass a float waveform in [-1, 1]"
         )
-    return audio.float() / 32768.0
-
-
-class UnknownHookError(ValueError, KeyError):
-    """A hook name that is not on the model (a typo, or a TransformerLens `blocks.{l}` name)."""
-
-    def __init__(self, name: str, known: Sequence[str]):
-        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-        if name.startswith("blocks."):
-            close = [f"encoder_{name}", f"decoder_{name}"] + close
-            hint = ("TransformerLens's `blocks.{l}` names are the decoder view's: use `model.with_audio(audio)` "
-                    "for a HookedTransformer over the decoder, or name a stack here")
-        else:
-            hint = "see `model.hook_dict` or docs/hook_names.md"
-        matches = [c for c in dict.fromkeys(close) if c in known]
-        super().__init__(f"{name!r} is not a hook of this model; close matches: {matches or 'none'} ({hint})")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+    return pcm_to_float(audio, "audio")
