@@ -6,19 +6,26 @@
     load_checkpoint("openai/whisper-tiny.en")   a Hugging Face hub id (online)
     load_checkpoint("path/to/ct2_dir")          a CTranslate2 / faster-whisper directory
 
-Converted checkpoints (Hugging Face, CTranslate2) are cached on disk, keyed by the source's
-hash, so the second load skips the conversion.
+Converted checkpoints (Hugging Face, CTranslate2) are cached on disk, keyed by a hash of every
+file the conversion reads (and the converter's version), so the second load skips the
+conversion. Each cached file carries a checksum of its own content in its name, verified on every
+load: a damaged copy is rebuilt, with a warning, never trusted. A file that cannot be read raises
+`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import socket
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import torch
 from torch import Tensor
 
 from whisper_lens.config import WhisperDims
+from whisper_lens.errors import CheckpointError
 from whisper_lens.loading import ctranslate2 as ct2
 from whisper_lens.loading.convert import hf_to_openai
 
@@ -97,12 +105,33 @@ def guess_name(dims: WhisperDims) -> str | None:
     return None  # large-v1 and large-v2 share their dimensions
 
 
+CONVERTER_VERSION = "2"  # part of the converted-cache key: a change to a conversion rebuilds the cache
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn whatever a damaged or foreign file makes a reader raise into a `CheckpointError` that names it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - unpickling, zip, json, struct, safetensors: all mean "damaged"
+        raise CheckpointError(
+            f"{path}: cannot read it as {what} ({type(err).__name__}: {err}). The file is damaged, truncated or "
+            "not a Whisper checkpoint: download it again, or check the path") from err
+
+
 # ---------------------------------------------------------------------------- formats
 def load_openai_pt(path: Path, name: str | None = None) -> Checkpoint:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise ValueError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and 'model_state_dict')")
-    dims = WhisperDims(**ckpt["dims"])
+    with reading(path, "an openai-whisper checkpoint"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+            raise CheckpointError(f"{path} is not an openai-whisper checkpoint (expected keys 'dims' and "
+                                  "'model_state_dict'); pass a .pt from openai-whisper, a Hugging Face or a "
+                                  "CTranslate2 directory")
+        dims = WhisperDims(**ckpt["dims"])
     name = name or guess_name(dims) or path.stem
     return Checkpoint(name, dims, ckpt["model_state_dict"], openai_alignment_heads(name, dims), None,
                       f"openai-whisper checkpoint {path}", "openai")
@@ -123,27 +152,35 @@ def _hf_dims(config: dict) -> WhisperDims:
     )
 
 
+def _hf_weight_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+
+
 def load_huggingface_dir(path: Path) -> Checkpoint:
-    config = json.loads((path / "config.json").read_text())
-    if config.get("model_type") != "whisper":
-        raise ValueError(f"{path} holds a {config.get('model_type')!r} model, not Whisper")
-    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    with reading(path / "config.json", "a Hugging Face Whisper config"):
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") != "whisper":
+            raise CheckpointError(f"{path} holds a {config.get('model_type')!r} model, not Whisper")
+        dims = _hf_dims(config)
+    weights = _hf_weight_files(path)
     if not weights:
-        raise FileNotFoundError(f"{path} has config.json but no *.safetensors or pytorch_model*.bin weights")
+        raise CheckpointError(f"{path} has config.json but no *.safetensors or pytorch_model*.bin weights")
     state: dict[str, Tensor] = {}
     for file in weights:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with reading(file, "Hugging Face weights"):
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state.update(load_file(file))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    dims = _hf_dims(config)
+                state.update(load_file(file))
+            else:
+                state.update(torch.load(file, map_location="cpu", weights_only=True))
     name = guess_name(dims) or path.name
     heads = config.get("alignment_heads") or _generation_config(path).get("alignment_heads")
     heads = tuple(map(tuple, heads)) if heads else openai_alignment_heads(name, dims)
     suppress = config.get("suppress_tokens")
-    return Checkpoint(name, dims, hf_to_openai(state), heads, tuple(suppress) if suppress else None,
+    with reading(path, "a Hugging Face Whisper model"):
+        state = hf_to_openai(state)
+    return Checkpoint(name, dims, state, heads, tuple(suppress) if suppress else None,
                       f"Hugging Face checkpoint {path}", "huggingface")
 
 
@@ -153,9 +190,12 @@ def _generation_config(path: Path) -> dict:
 
 
 def load_ctranslate2_dirs(dirs: list[Path], name: str | None = None, source: str | None = None) -> Checkpoint:
-    raw = ct2.parse_model_bin(ct2.read_model_bin(ct2.find_model_bin(dirs)))
-    dims, state = ct2.ct2_to_openai(raw)
-    config = ct2.read_config(dirs)
+    files = ct2.find_model_bin(dirs)
+    with reading(files[0], "a CTranslate2 Whisper model.bin"):
+        raw = ct2.parse_model_bin(ct2.read_model_bin(files))
+        dims, state = ct2.ct2_to_openai(raw)
+    with reading(dirs[0] / "config.json", "a CTranslate2 config.json"):
+        config = ct2.read_config(dirs)
     name = name or guess_name(dims) or dirs[0].name
     heads = config.get("alignment_heads")
     heads = tuple(map(tuple, heads)) if heads else openai_alignment_heads(name, dims)
@@ -167,9 +207,13 @@ def load_ctranslate2_dirs(dirs: list[Path], name: str | None = None, source: str
 
 
 # ---------------------------------------------------------------------------- converted cache
-def _source_hash(files: list[Path]) -> str:
+def _digest(files: list[Path], extra: str = "", *, names: bool = True) -> str:
+    """A streamed hash of the files' contents (and names, so a renamed part counts)."""
     digest = hashlib.blake2b(digest_size=16)
+    digest.update(extra.encode())
     for file in sorted(files):
+        if names:
+            digest.update(file.name.encode())
         with open(file, "rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
@@ -177,33 +221,85 @@ def _source_hash(files: list[Path]) -> str:
 
 
 def _cached(files: list[Path], convert) -> Checkpoint:
-    """Load a converted checkpoint from the cache, or convert and store it (atomically)."""
-    key = _source_hash(files)
-    target = converted_cache_dir() / f"{key}.pt"
-    if target.is_file():
+    """Load a converted checkpoint from the cache, or convert and store it (atomically).
+
+    The key covers every file the conversion reads; the stored file is named `{key}-{checksum}.pt`,
+    and the checksum of its content is verified before it is used."""
+    key = _digest(files, CONVERTER_VERSION)
+    directory = converted_cache_dir()
+    _remove_stale_temporaries(directory)
+    for entry in sorted(directory.glob(f"{key}-*.pt")):
+        ckpt = _read_cached(entry)
+        if ckpt is not None:
+            return ckpt
+    ckpt = convert()
+    _store(directory, key, ckpt)
+    return ckpt
+
+
+def _read_cached(entry: Path) -> Checkpoint | None:
+    checksum = entry.stem.split("-", 1)[1]
+    problem = None
+    if _digest([entry], names=False) != checksum:
+        problem = "its content does not match its checksum"
+    else:
         try:
-            blob = torch.load(target, map_location="cpu", weights_only=True)
+            blob = torch.load(entry, map_location="cpu", weights_only=True)
             return Checkpoint(
                 blob["name"], WhisperDims(**blob["dims"]), blob["model_state_dict"],
                 tuple(map(tuple, blob["alignment_heads"])) if blob["alignment_heads"] else None,
                 tuple(blob["suppress_tokens"]) if blob["suppress_tokens"] else None,
                 blob["source"] + " (converted copy cached)", blob["format"],
             )
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            target.unlink(missing_ok=True)
-    ckpt = convert()
+        except Exception as err:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
+            problem = f"it cannot be read ({type(err).__name__})"
+    warnings.warn(f"the cached converted weights {entry} are damaged ({problem}); converting again", stacklevel=4)
+    entry.unlink(missing_ok=True)
+    return None
+
+
+def _store(directory: Path, key: str, ckpt: Checkpoint) -> None:
     blob = {"name": ckpt.name, "dims": ckpt.dims.to_dict(), "model_state_dict": ckpt.state_dict,
             "alignment_heads": [list(h) for h in ckpt.alignment_heads] if ckpt.alignment_heads else None,
             "suppress_tokens": list(ckpt.suppress_tokens) if ckpt.suppress_tokens else None,
             "source": ckpt.source, "format": ckpt.format}
+    tmp = directory / f".{key}.{os.getpid()}.tmp"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        directory.mkdir(parents=True, exist_ok=True)
         torch.save(blob, tmp)
-        os.replace(tmp, target)
-    except OSError:
-        pass  # a read-only cache only costs speed
-    return ckpt
+        checksum = _digest([tmp], names=False)
+        os.replace(tmp, directory / f"{key}-{checksum}.pt")
+    except (OSError, RuntimeError) as err:  # a full disk or a read-only cache only costs speed
+        warnings.warn(f"could not keep the converted weights in {directory} ({type(err).__name__}: {err}); they "
+                      "loaded, but the next load converts again. Free space there or set WHISPER_LENS_CACHE",
+                      stacklevel=3)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_TEMPORARY = re.compile(r"^\.[0-9a-f]+\.(\d+)\.tmp$")
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete half-written cache files whose writer is gone (killed between write and rename)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -252,17 +348,36 @@ def _not_found(name_or_path: str) -> FileNotFoundError:
     )
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_huggingface_dir(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        if _hf_weight_files(path):
+            raise CheckpointError(f"{path} has Hugging Face weights but no config.json; copy the model's "
+                                  "config.json beside them")
+        return False
+    with reading(config, "a JSON config"):
+        return "model_type" in json.loads(config.read_text())
+
+
+def _ct2_inputs(dirs: list[Path]) -> list[Path]:
+    """Every file a CTranslate2 conversion reads: model.bin (or its parts) and config.json."""
+    return [*ct2.find_model_bin(dirs), *(d / "config.json" for d in dirs if (d / "config.json").is_file())]
+
+
 def load_checkpoint(name_or_path: str | os.PathLike) -> Checkpoint:
     """Find and read Whisper weights; see the module docstring for what is accepted."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return load_openai_pt(path)
     if path.is_dir():
-        if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type"):
-            files = [path / "config.json", *path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+        if _is_huggingface_dir(path):
+            files = [path / "config.json", *_hf_weight_files(path)]
+            files += [path / "generation_config.json"] if (path / "generation_config.json").is_file() else []
             return _cached(files, lambda: load_huggingface_dir(path))
-        files = ct2.find_model_bin([path])
-        return _cached(files, lambda: load_ctranslate2_dirs([path]))
+        return _cached(_ct2_inputs([path]), lambda: load_ctranslate2_dirs([path]))
     name = canonical_name(str(name_or_path))
     if name in OPENAI_NAMES:
         pt = _download_openai(name)
@@ -273,10 +388,14 @@ def load_checkpoint(name_or_path: str | os.PathLike) -> Checkpoint:
             raise _not_found(str(name_or_path))
         dirs, pip_name = found
         source = f"offline package {pip_name} (CTranslate2 format)"
-        return _cached(ct2.find_model_bin(dirs), lambda: load_ctranslate2_dirs(dirs, name=name, source=source))
-    if "/" in str(name_or_path) and not path.exists():
-        return _load_hub(str(name_or_path))
-    raise _not_found(str(name_or_path))
+        return _cached(_ct2_inputs(dirs), lambda: load_ctranslate2_dirs(dirs, name=name, source=source))
+    text = str(name_or_path)
+    if _HUB_ID.match(text) and not text.endswith((".pt", ".bin", ".safetensors")):
+        return _load_hub(text)
+    if any(sep in text for sep in ("/", os.sep)) or path.suffix:
+        raise FileNotFoundError(f"{text}: no such file or directory (resolved to {path.resolve()}); check the path, "
+                                "or pass an OpenAI name such as 'tiny.en'")
+    raise _not_found(text)
 
 
 def _load_hub(repo_id: str) -> Checkpoint:
