@@ -94,3 +94,23 @@ def test_paths_are_accepted(tiny_model, wave, tmp_path):
     torch.testing.assert_close(tiny_model.prepare(path).mel, tiny_model.prepare(wave).mel, atol=1e-4, rtol=0)
     assert tiny_model.transcribe(path, max_new_tokens=2)[0].tokens == tiny_model.transcribe(
         [wave], max_new_tokens=2)[0].tokens
+
+
+def test_empty_file_is_called_empty(tiny_model, tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioInputError, match="empty") as err:
+        tiny_model.prepare(empty)
+    assert "ffmpeg" not in str(err.value)
+
+
+def test_an_sae_of_the_wrong_width_is_refused_when_added(tiny_model):
+    from sae_lens import SAE
+
+    sae = SAE.from_dict(dict(architecture="standard", d_in=32, d_sae=64, dtype="float32", device="cpu",
+                             metadata=dict(hook_name="encoder_blocks.0.hook_resid_post")))
+    with pytest.raises(ValueError, match="holds 64"):
+        tiny_model.add_sae(sae)
+    assert tiny_model.hook_width("encoder_blocks.0.attn.hook_z") == 64
+    assert tiny_model.hook_width("decoder_blocks.1.mlp.hook_post") == 256
+    assert tiny_model.hook_width("decoder_blocks.1.cross_attn.hook_pattern") is None

@@ -109,6 +109,8 @@ def load_audio(source: str | os.PathLike | np.ndarray | Tensor, *, sample_rate: 
 def _read_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise AudioInputError(f"{path}: the file is empty (0 bytes); record, copy or download it again")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
         return data.mean(axis=1), rate

@@ -34,7 +34,7 @@ from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlo
 from whisper_lens.config import StackConfig, WhisperDims
 from whisper_lens.errors import AudioInputError, HookOutputError, UnknownHookError
 from whisper_lens.generate import transcribe as _transcribe
-from whisper_lens.names import get_act_name
+from whisper_lens.names import activation_width, get_act_name
 from whisper_lens.runtime import default_dtype, resolve_device
 from whisper_lens.tokenizer import WhisperTokenizerAdapter
 
@@ -323,6 +323,13 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     def W_out(self, stack: str = "decoder") -> Float[Tensor, "layer d_mlp d_model"]:
         return self._stacked(stack, "W_out", "mlp")
+
+    def hook_width(self, name: str) -> int | None:
+        """Numbers per position at hook `name`, flattened as SAELens reads them (None: two position axes)."""
+        stack = self.stack_config("encoder" if name.startswith(("encoder", "hook_conv1", "hook_audio")) else "decoder")
+        sizes = {"d_model": stack.d_model, "d_mlp": stack.d_mlp, "d_head": stack.d_head, "head": stack.n_heads,
+                 "d_vocab": stack.d_vocab}
+        return activation_width(name, sizes)
 
     def get_act_name(self, name: str, layer: int | None = None, stack: str | None = None) -> str:
         return get_act_name(name, layer, stack)  # type: ignore[arg-type]

@@ -206,6 +206,37 @@ def get_act_name(name: str, layer: int | None = None, stack: Stack | None = None
     return f"{stack}_blocks.{layer}.{_SHORT[stack][short]}"
 
 
+def activation_width(name: str, sizes: dict[str, int]) -> int | None:
+    """How wide one position of hook `name` is, flattened as SAELens reads it (`hook_z`: heads x
+    d_head), from the table's axis names and `sizes` (d_model, d_mlp, d_head, head, d_vocab);
+    None for hooks with two position axes (attention patterns) or unknown names."""
+    spec = _spec_of(name)
+    if spec is None:
+        return None
+    axes = spec.shape.split()
+    positions = [i for i, axis in enumerate(axes) if axis.endswith("pos") or axis == "mel_frame"]
+    if len(positions) != 1:
+        return None
+    width = 1
+    for axis in axes[positions[0] + 1 :]:
+        width *= 1 if axis == "1" else sizes[axis]
+    return width
+
+
+def _spec_of(name: str) -> HookSpec | None:
+    for rows, prefix in ((STEM + ENCODER_FINAL + DECODER_EMBED + DECODER_FINAL, ""),
+                         (ENCODER_BLOCK, "encoder_blocks."), (DECODER_BLOCK, "decoder_blocks.")):
+        leaf = name
+        if prefix:
+            if not name.startswith(prefix):
+                continue
+            leaf = name[len(prefix):].partition(".")[2]
+        for spec in rows:
+            if spec.name == leaf:
+                return spec
+    return None
+
+
 def render_markdown() -> str:
     """The generated `docs/hook_names.md`."""
     sections = [

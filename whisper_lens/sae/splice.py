@@ -91,6 +91,10 @@ class SAESplicing:
             raise NotImplementedError("transcoders (hook_name_out != hook_name) are not supported yet")
         if hook not in self._acts_to_saes and hook not in self.hook_dict:  # type: ignore[attr-defined]
             raise ValueError(f"this model has no hook {hook!r} for the SAE; see `model.hook_dict`")
+        expected = self.hook_width(hook)  # type: ignore[attr-defined]
+        if expected is not None and sae.cfg.d_in != expected:
+            raise ValueError(f"the SAE reads {sae.cfg.d_in} numbers per position, but {hook} holds {expected} on "
+                             f"this model; splice it at a hook of width {sae.cfg.d_in}, or load the SAE trained here")
         trained_on = sae.cfg.metadata.model_name
         if trained_on and trained_on != getattr(self, "model_name", trained_on):
             warnings.warn(f"the SAE was trained on {trained_on!r}; this model is {self.model_name!r}",  # type: ignore
