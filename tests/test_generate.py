@@ -109,3 +109,58 @@ def test_kv_cache_steps_equal_a_full_forward(models):
         steps = [model.decode(tokens[:, :3], xa, kv_cache=cache)]
         steps += [model.decode(tokens[:, k:k + 1], xa, kv_cache=cache) for k in range(3, 6)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------- long audio loses no words
+def test_long_clips_are_cut_in_pauses_not_inside_words():
+    import numpy as np
+
+    from whisper_lens.audio import window_starts
+
+    rng = np.random.default_rng(0)
+    window = 480000
+    audio, words = [], []  # "words": 0.2-0.6 s noise bursts; pauses: 0.05-0.4 s of near silence
+    while sum(len(a) for a in audio) < 100 * 16000:
+        start = sum(len(a) for a in audio)
+        burst = rng.standard_normal(int(rng.uniform(0.2, 0.6) * 16000)).astype(np.float32) * 0.3
+        audio += [burst, 1e-4 * rng.standard_normal(int(rng.uniform(0.05, 0.4) * 16000)).astype(np.float32)]
+        words.append((start, start + len(burst)))
+    audio = np.concatenate(audio)
+    starts = window_starts(audio, window)
+    assert len(starts) >= 4 and all(b - a <= window for a, b in zip(starts, [*starts[1:], len(audio)]))
+    for cut in starts[1:]:
+        assert not any(a < cut < b for a, b in words), f"cut at {cut / 16000:.2f} s splits a word"
+
+
+@pytest.mark.real_weights
+@pytest.mark.slow
+@pytest.mark.parametrize("lead_s", [0.0, 0.75, 1.75])
+def test_long_audio_transcribes_every_sentence(real_model, lead_s):
+    """75 s of known sentences back to back: each must be in the transcript. With hard 30 s cuts,
+    leads of 0.75 s and 1.75 s put a cut inside a word and lost 14 of the 34 sentences."""
+    import difflib
+
+    import numpy as np
+
+    from whisper_lens.data import load_samples
+    from whisper_lens.metrics import _normalizer
+
+    pieces, texts = [], []
+    for clip in load_samples():
+        pieces.append(clip.audio)
+        texts.append(clip.text)
+        if sum(len(p) for p in pieces) > 75 * 16000:
+            break
+    audio = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), *pieces])
+    hypothesis = _normalizer()(real_model.transcribe([audio])[0].text).split()
+    reference, owner = [], []
+    for i, text in enumerate(texts):
+        words = _normalizer()(text).split()
+        reference += words
+        owner += [i] * len(words)
+    found = [0] * len(texts)
+    for block in difflib.SequenceMatcher(a=reference, b=hypothesis, autojunk=False).get_matching_blocks():
+        for j in range(block.a, block.a + block.size):
+            found[owner[j]] += 1
+    recall = [found[i] / owner.count(i) for i in range(len(texts))]
+    assert min(recall) >= 0.5, [t for t, r in zip(texts, recall) if r < 0.5]

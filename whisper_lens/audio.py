@@ -233,8 +233,9 @@ class AudioBatch:
                     "pass chunk=True to split it into consecutive windows (their offsets are recorded), "
                     "or trim it"
                 )
-            for start in range(0, max(len(audio), 1), window_samples):
-                piece = audio[start:start + window_samples]
+            starts = window_starts(audio, window_samples)
+            for start, end in zip(starts, [*starts[1:], len(audio)]):
+                piece = audio[start:max(end, start + 1)]
                 offset = start / SAMPLE_RATE
                 span = Span(clip_id, 0.0, len(piece) / SAMPLE_RATE, text if len(audio) <= window_samples else None)
                 windows.append((piece, clip_id, offset, (span,)))
@@ -278,6 +279,26 @@ class AudioBatch:
             audio_mask=mask, ids=tuple(w[1] for w in windows), offsets=tuple(w[2] for w in windows),
             spans=tuple(w[3] for w in windows), skipped=skipped,
         )
+
+
+CUT_SEARCH_S = 5.0  # a long clip is cut at the quietest moment of the last 5 s of each window
+_CUT_FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
+
+
+def window_starts(audio: np.ndarray, window_samples: int, search_s: float = CUT_SEARCH_S) -> list[int]:
+    """Where each window of a long clip starts: every cut is at the quietest 20 ms of the last
+    `search_s` seconds before the window would end, so a word is not split between two windows
+    (which would lose it from both transcripts) wherever the speech pauses."""
+    starts = [0]
+    search = min(int(search_s * SAMPLE_RATE), window_samples // 2)
+    while len(audio) - starts[-1] > window_samples:
+        end = starts[-1] + window_samples
+        region = audio[end - search:end]
+        n = len(region) // _CUT_FRAME
+        energy = np.square(region[: n * _CUT_FRAME].reshape(n, _CUT_FRAME)).mean(axis=1)
+        quietest = n - 1 - int(np.argmin(energy[::-1]))  # the latest of equally quiet frames
+        starts.append(end - search + quietest * _CUT_FRAME + _CUT_FRAME // 2)
+    return starts
 
 
 def _pos(seconds: float, rounding) -> int:
