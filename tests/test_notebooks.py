@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_TINY_EN
+from tests.conftest import needs_tiny_en
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("*.ipynb"))
-
-pytestmark = [pytest.mark.slow, pytest.mark.real_weights,
-              pytest.mark.skipif(not HAVE_TINY_EN, reason="offline tiny.en weights not installed")]
 
 
 def test_there_are_notebooks():
@@ -21,6 +18,7 @@ def test_there_are_notebooks():
                                          "transformerlens_tutorial_on_speech.ipynb"}
 
 
+@needs_tiny_en
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_stripped_and_runs(path, tmp_path):
     import nbformat

@@ -75,7 +75,7 @@ def test_logits_match_transformers(name):
     with torch.no_grad():
         for n, p in hf.named_parameters():
             if "embed_positions" not in n:
-                p.normal_(0, 0.1 if "layer_norm" not in n else 0.1).add_(1.0 if "layer_norm.weight" in n else 0.0)
+                p.normal_(0, 0.1).add_(1.0 if "layer_norm.weight" in n else 0.0)
     model = HookedWhisper.from_state_dict(dims, hf_to_openai(hf.state_dict()))
     mel, tokens = make_inputs(dims)
     with torch.no_grad():

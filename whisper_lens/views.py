@@ -102,13 +102,24 @@ def cross_attention_view(pattern: Float[Tensor, "head text_pos audio_pos"], str_
                                              attention_head_names=names, mask_upper_tri=False), title)
 
 
-def _plt():
-    import matplotlib
+class _Figures:
+    """matplotlib's object-oriented API, without pyplot: no backend is chosen for the process, and
+    figures are freed with their last reference (`close` is a no-op kept for pyplot-style callers)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        del fig
+
+
+def _plt() -> type[_Figures]:
+    return _Figures
 
 
 def cross_attention_plot(pattern: Float[Tensor, "text_pos audio_pos"], str_tokens: list[str],

@@ -326,14 +326,12 @@ def _download_openai(name: str) -> Path | None:
         return target
     if _offline_requested():
         return None
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    try:
+    host = url.split("/")[2]
+    try:  # a quick look for the network first, rather than a process-wide socket time-out
+        socket.create_connection((host, 443), timeout=10).close()
         return Path(whisper._download(url, str(whisper_cache_dir()), in_memory=False))
     except OSError:  # URLError, timeouts, DNS failures: no network
         return None
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _not_found(name_or_path: str) -> FileNotFoundError:

@@ -229,11 +229,9 @@ def _wers(model: HookedWhisper, sae: Any, clips: list[Any], hook_name: str, deco
 
 
 def _density_plot(density: Tensor, hook_name: str, out_dir: Path) -> Path:
-    import matplotlib
+    from whisper_lens.views import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "feature_density.png"
     fig, ax = plt.subplots(figsize=(6, 3.2))
