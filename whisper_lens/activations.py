@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from whisper_lens.audio import SAMPLE_RATE, frame_mask, plan_windows
+from whisper_lens.audio import SAMPLE_RATE, AudioBatch, frame_mask, plan_windows
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
@@ -26,6 +27,17 @@ DECODER_PREFIXES = ("decoder_blocks", "hook_embed", "hook_pos_embed", "decoder_l
 
 def is_decoder_hook(hook_name: str) -> bool:
     return hook_name.startswith(DECODER_PREFIXES)
+
+
+def real_positions(batch: AudioBatch, hook_name: str, n_positions: int) -> Bool[Tensor, "batch pos"]:
+    """Which positions of `hook_name`'s activation hold real data: transcript tokens for decoder
+    hooks, real mel frames for `hook_conv1`, real encoder positions otherwise; never padding,
+    packing gaps or the decoder prompt. Every reader of real rows asks here."""
+    if is_decoder_hook(hook_name):
+        return batch.transcript_mask
+    if hook_name == get_act_name("conv1"):
+        return frame_mask(batch, n_positions)
+    return batch.audio_mask
 
 
 @dataclass(frozen=True)
@@ -93,13 +105,7 @@ def iter_real_activations(
         acts = {}
         for name in hook_names:
             act = cache[name]
-            if decoder:
-                mask = batch.transcript_mask
-            elif name == "hook_conv1":
-                mask = frame_mask(batch, act.shape[1])
-            else:
-                mask = batch.audio_mask
-            rows = act[mask]
+            rows = act[real_positions(batch, name, act.shape[1])]
             acts[name] = rows.reshape(rows.shape[0], -1)
         token_ids = batch.tokens[batch.transcript_mask] if decoder else None
         yield RealActivations(acts, token_ids, len(group))

@@ -78,6 +78,7 @@ def _noisy_word_pair(model, word_clip, word_index: int = 2):
 def cmd_demo(args: argparse.Namespace) -> int:
     from whisper_lens.data import load_samples, load_word_samples
     from whisper_lens.metrics import word_error_rate
+    from whisper_lens.names import get_act_name
     from whisper_lens.report import build_report
     from whisper_lens.sae.config import TrainSAEConfig
     from whisper_lens.sae.train import train_sae
@@ -107,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sae = None
     held_out = clips[-8:] if len(clips) > 16 else clips[-2:]
     if not args.no_sae:
-        hook = f"encoder_blocks.{min(2, model.dims.n_audio_layer - 1)}.hook_resid_post"
+        hook = get_act_name("resid_post", min(2, model.dims.n_audio_layer - 1), "encoder")
         samples = 30_000 if args.quick else 300_000
         stage(3, f"training a TopK SAE (8x, k=32) at {hook} on {samples:,} real frames")
         cfg = TrainSAEConfig(

@@ -25,6 +25,7 @@ import torch
 
 from whisper_lens.audio import SAMPLE_RATE
 from whisper_lens.metrics import word_error_rate, word_errors
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     from whisper_lens.analysis.patching import PatchingSetup
@@ -159,9 +160,9 @@ def build_report(
     batch = model.prepare([clip], [clip.text] if getattr(clip, "text", None) else None)
     n_real = int(batch.audio_mask[0].sum())
     last_enc = model.dims.n_audio_layer - 1
-    names = [f"encoder_blocks.{last_enc}.attn.hook_pattern"]
+    names = [get_act_name("pattern", last_enc, "encoder")]
     if batch.tokens is not None:
-        names += [f"decoder_blocks.{l}.cross_attn.hook_pattern" for l in range(model.dims.n_text_layer)]
+        names += [get_act_name("cross_pattern", l, "decoder") for l in range(model.dims.n_text_layer)]
         names += ["decoder_blocks.0.attn.hook_pattern"]
         _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
     else:
@@ -173,12 +174,12 @@ def build_report(
     if batch.tokens is not None:
         str_tokens = model.to_str_tokens(batch.tokens[0])
         heads = alignment or [tuple(x) for x in model.alignment_heads.nonzero().tolist()]
-        stack = torch.stack([cache[f"decoder_blocks.{l}.cross_attn.hook_pattern"][0, h] for l, h in heads]) \
-            if heads else cache[f"decoder_blocks.{model.dims.n_text_layer - 1}.cross_attn.hook_pattern"][0]
+        stack = torch.stack([cache[get_act_name("cross_pattern", l, "decoder")][0, h] for l, h in heads]) \
+            if heads else cache[get_act_name("cross_pattern", model.dims.n_text_layer - 1, "decoder")][0]
         body += _figure(views.cross_attention_plot(stack.mean(0), str_tokens, batch.mel[0], n_real=n_real,
                                                    title=f"Cross-attention, mean of heads {heads}"), out, "cross_attention")
         layer = heads[0][0] if heads else model.dims.n_text_layer - 1
-        body += page.view(views.cross_attention_view(cache[f"decoder_blocks.{layer}.cross_attn.hook_pattern"][0],
+        body += page.view(views.cross_attention_view(cache[get_act_name("cross_pattern", layer, "decoder")][0],
                                                      str_tokens, n_real=n_real, title=f"Cross-attention, block {layer}"))
         body += page.view(views.decoder_attention_view(cache["decoder_blocks.0.attn.hook_pattern"][0], str_tokens,
                                                        title="Decoder block 0 self-attention"))

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from whisper_lens.activations import is_decoder_hook
+from whisper_lens.activations import is_decoder_hook, real_positions
 from whisper_lens.audio import AUDIO_POS_PER_SECOND, SAMPLE_RATE, log_mel_spectrogram
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def feature_activations(model: HookedWhisper, sae: Any, clips: Sequence[Any], *,
         args = (batch.mel, batch.tokens) if decoder else (batch.mel,)
         layer = model.hook_dict[hook].layer() if "_blocks." in hook else None
         _, cache = model.run_with_cache(*args, names_filter=[hook], stop_at_layer=None if layer is None else layer + 1)
-        mask = batch.transcript_mask if decoder else batch.audio_mask
+        mask = real_positions(batch, hook, cache[hook].shape[1])
         item, pos = mask.nonzero(as_tuple=True)
         acts = sae.encode(cache[hook][mask].reshape(len(item), -1).to(sae.W_dec.dtype)).float().cpu()
         fires += (acts > 0).sum(0).double()
@@ -202,7 +202,7 @@ def latent_curve(model: HookedWhisper, sae: Any, audio: np.ndarray, latent: int)
     batch = model.prepare([audio])
     layer = model.hook_dict[hook].layer()
     _, cache = model.run_with_cache(batch.mel, names_filter=[hook], stop_at_layer=layer + 1)
-    rows = cache[hook][batch.audio_mask]
+    rows = cache[hook][real_positions(batch, hook, cache[hook].shape[1])]
     return sae.encode(rows.reshape(len(rows), -1).to(sae.W_dec.dtype))[:, latent].float().cpu().numpy()
 
 

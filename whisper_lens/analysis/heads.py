@@ -25,6 +25,7 @@ from torch import Tensor
 
 from whisper_lens.activations import batches_of
 from whisper_lens.audio import AUDIO_POS_PER_SECOND
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,7 +147,7 @@ def head_scores(model: HookedWhisper, clips: Sequence[Any], *, batch_size: int =
             def enc(pattern, hook, layer=layer):
                 for metric, (v, w) in encoder_head_stats(pattern, real, energy, window).items():
                     sums.add("encoder", layer, metric, v, w)
-            hooks.append((f"encoder_blocks.{layer}.attn.hook_pattern", enc))
+            hooks.append((get_act_name("pattern", layer, "encoder"), enc))
         if has_text:
             queries = batch.transcript_mask
             for layer in range(model.dims.n_text_layer):
@@ -157,8 +158,8 @@ def head_scores(model: HookedWhisper, clips: Sequence[Any], *, batch_size: int =
                 def cross(pattern, hook, layer=layer):
                     for metric, (v, w) in cross_head_stats(pattern, queries, real).items():
                         sums.add("cross", layer, metric, v, w)
-                hooks += [(f"decoder_blocks.{layer}.attn.hook_pattern", dec),
-                          (f"decoder_blocks.{layer}.cross_attn.hook_pattern", cross)]
+                hooks += [(get_act_name("pattern", layer, "decoder"), dec),
+                          (get_act_name("cross_pattern", layer, "decoder"), cross)]
             model.run_with_hooks(batch.mel, batch.tokens, fwd_hooks=hooks)
         else:
             model.run_with_hooks(batch.mel, fwd_hooks=hooks)
@@ -205,7 +206,7 @@ def alignment_head_table(model: HookedWhisper, clips: Sequence[Any], *, toleranc
         if rows is None:
             continue
         batch = model.prepare([clip])
-        names = [f"decoder_blocks.{l}.cross_attn.hook_pattern" for l in range(n_layers)]
+        names = [get_act_name("cross_pattern", l, "decoder") for l in range(n_layers)]
         _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
         real = batch.audio_mask[0]
         pos = torch.arange(len(real), dtype=torch.float64)

@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from whisper_lens.metrics import word_error_rate
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,11 +60,11 @@ def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5) -> LogitL
     embeddings) at every transcript position of `batch` (built with transcripts)."""
     if batch.tokens is None:
         raise ValueError("logit_lens needs transcripts: build the batch with model.prepare(audio, text)")
-    names = ["hook_embed", "hook_pos_embed"] + [f"decoder_blocks.{l}.hook_resid_post"
+    names = ["hook_embed", "hook_pos_embed"] + [get_act_name("resid_post", l, "decoder")
                                                for l in range(model.dims.n_text_layer)]
     _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
     resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
-    resid += [cache[f"decoder_blocks.{l}.hook_resid_post"] for l in range(model.dims.n_text_layer)]
+    resid += [cache[get_act_name("resid_post", l, "decoder")] for l in range(model.dims.n_text_layer)]
     stack = torch.stack(resid)  # [layer batch pos d]
     logits = model.decoder_ln_final(stack) @ model.W_U
     probs = logits.float().softmax(-1)

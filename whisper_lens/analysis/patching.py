@@ -26,6 +26,7 @@ from torch import Tensor
 from whisper_lens.audio import AUDIO_POS_PER_SECOND
 from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,7 +134,7 @@ def patch_resid(model: HookedWhisper, setup: PatchingSetup, *, stack: Literal["e
     if stack == "encoder":
         return patch_encoder_time(model, setup, hook=hook, bin_s=bin_s)
     n_layers, n_pos = model.dims.n_text_layer, setup.tokens.shape[1]
-    sites = [(f"decoder_blocks.{l}.hook_{hook}", (slice(None), p)) for l in range(n_layers) for p in range(n_pos)]
+    sites = [(get_act_name(hook, l, "decoder"), (slice(None), p)) for l in range(n_layers) for p in range(n_pos)]
     values = generic_patch(model, setup, sites).reshape(n_layers, n_pos)
     return Patched(values, ("layer", "text_pos"), {"layer": [str(l) for l in range(n_layers)],
                                                    "text_pos": model.to_str_tokens(setup.tokens[0])})
@@ -146,7 +147,7 @@ def patch_encoder_time(model: HookedWhisper, setup: PatchingSetup, *, hook: str 
     width = max(1, int(round(bin_s * AUDIO_POS_PER_SECOND)))
     bins = list(range(0, n_real, width))
     n_layers = model.dims.n_audio_layer
-    sites = [(f"encoder_blocks.{l}.hook_{hook}", (slice(None), slice(b, min(b + width, n_real))))
+    sites = [(get_act_name(hook, l, "encoder"), (slice(None), slice(b, min(b + width, n_real))))
              for l in range(n_layers) for b in bins]
     values = generic_patch(model, setup, sites).reshape(n_layers, len(bins))
     return Patched(values, ("layer", "time_bin"), {"layer": [str(l) for l in range(n_layers)],
@@ -158,7 +159,7 @@ def patch_block_outputs(model: HookedWhisper, setup: PatchingSetup) -> dict[str,
     result = {}
     for stack, parts, n in (("encoder", ("attn_out", "mlp_out"), model.dims.n_audio_layer),
                             ("decoder", ("attn_out", "cross_attn_out", "mlp_out"), model.dims.n_text_layer)):
-        sites = [(f"{stack}_blocks.{l}.hook_{part}", (slice(None),)) for part in parts for l in range(n)]
+        sites = [(get_act_name(part, l, stack), (slice(None),)) for part in parts for l in range(n)]
         values = generic_patch(model, setup, sites).reshape(len(parts), n)
         result[stack] = Patched(values, ("component", "layer"), {"component": list(parts),
                                                                 "layer": [str(l) for l in range(n)]})
@@ -212,7 +213,7 @@ def layer_ablation(model: HookedWhisper, clips: Sequence[Any], *, kinds: Sequenc
     for stack, ps in parts.items():
         for layer in range(model.dims.n_audio_layer if stack == "encoder" else model.dims.n_text_layer):
             for kind in kinds:
-                names = [f"{stack}_blocks.{layer}.hook_{p}" for p in ps]
+                names = [get_act_name(p, layer, stack) for p in ps]
                 if kind == "mean" and any(n not in means for n in names):
                     continue
                 hooks = [(n, (lambda act, hook: torch.zeros_like(act)) if kind == "zero"

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate
+from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +47,7 @@ def restrict_attention(model: HookedWhisper, *, stack: Literal["encoder", "decod
     """Limit self-attention in `stack` (all layers, or `layers`) to +-`window` positions."""
     n = model.dims.n_audio_layer if stack == "encoder" else model.dims.n_text_layer
     layers = range(n) if layers is None else layers
-    hooks = [(f"{stack}_blocks.{l}.attn.hook_attn_scores", window_hook(window)) for l in layers]
+    hooks = [(get_act_name("attn_scores", l, stack), window_hook(window)) for l in layers]
     with model.hooks(fwd_hooks=hooks):
         yield model
 

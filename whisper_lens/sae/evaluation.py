@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from whisper_lens.activations import batches_of, check_hooks
-from whisper_lens.audio import frame_mask
+from whisper_lens.activations import batches_of, check_hooks, real_positions
 from whisper_lens.metrics import word_error_rate
 
 if TYPE_CHECKING:
@@ -75,14 +74,6 @@ class SAEEvaluation:
         out = asdict(self)
         out.pop("density")
         return out
-
-
-def _real_mask(batch: AudioBatch, hook_name: str, decoder: bool, act: Tensor) -> Tensor:
-    if decoder:
-        return batch.transcript_mask
-    if hook_name == "hook_conv1":
-        return frame_mask(batch, act.shape[1])
-    return batch.audio_mask
 
 
 def _reconstruct(sae: Any, x: Tensor, scaler: Any = None) -> tuple[Tensor, Tensor]:
@@ -162,7 +153,7 @@ def evaluate(
         args = (batch.mel, batch.tokens) if has_text else (batch.mel,)
         logits, cache = model.run_with_cache(*args, names_filter=[hook_name])
         act = cache[hook_name]
-        mask = _real_mask(batch, hook_name, decoder, act)
+        mask = real_positions(batch, hook_name, act.shape[1])
         x = act[mask]
         recon, latents = _reconstruct(sae, x, scaler)
         x64, r64 = x.reshape(len(x), -1).double().cpu(), recon.reshape(len(x), -1).double().cpu()
