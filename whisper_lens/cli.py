@@ -124,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup, word = _noisy_word_pair(model, words[0])
     print(f"      clean/corrupted: {words[0].text!r} with noise over {word.word!r}")
     stage(5, f"writing the report to {out}")
-    bar = tqdm(total=8, desc="report", unit="section")
+    bar = tqdm(total=7, desc="report", unit="section")
 
     def progress(section: str) -> None:
         bar.set_postfix_str(section)

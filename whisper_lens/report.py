@@ -76,6 +76,19 @@ def _figure(fig: Any, out: Path, name: str) -> str:
     return f"<img src='figures/{png.name}' alt='{html.escape(name)}'>"
 
 
+@dataclass
+class _Context:
+    """What every section reads: the model, the clips, where files go."""
+
+    model: HookedWhisper
+    clips: list[Any]  # everything to transcribe
+    few: list[Any]  # the clips the slower analyses run on
+    out: Path
+    page: _Page
+    quick: bool
+    alignment: list[tuple[int, int]] | None = None  # found by the heads section, drawn by the attention section
+
+
 def build_report(
     model: HookedWhisper,
     clips: Sequence[Any],
@@ -89,24 +102,43 @@ def build_report(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write `out_dir/index.html` (figures, audio and feature pages beside it); returns its path."""
-    from whisper_lens import analysis, views
-
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     clips = list(clips)
     if not clips:
         raise ValueError("no audio to report on")
-    few = clips[: 4 if quick else 12]
-    page = _Page(f"whisper_lens report: {model.model_name}")
+    ctx = _Context(model, clips, clips[: 4 if quick else 12], out, _Page(f"whisper_lens report: {model.model_name}"),
+                   quick)
     started = time.perf_counter()
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("transcripts", lambda: _transcripts(ctx)),
+        ("heads", lambda: _heads(ctx, word_clips)),
+        ("attention views", lambda: _attention(ctx)),
+        ("encoder and logit lenses", lambda: _lenses(ctx)),
+        ("attention window sweep", lambda: _windows(ctx)),
+    ]
+    if patching is not None:
+        steps.append(("activation patching", lambda: _patching(ctx, patching)))
+    if sae is not None:
+        steps.append(("SAE", lambda: _sae(ctx, sae, sae_eval_clips)))
+    for name, step in steps:
+        log(name)
+        step()
+    ctx.page.add("about", "About this report",
+                 f"<p>{html.escape(repr(model))} from {html.escape(model.source)}; built in "
+                 f"{time.perf_counter() - started:.0f} s by whisper_lens.</p>")
+    index = out / "index.html"
+    index.write_text(ctx.page.render())
+    return index
 
-    log("transcripts")
+
+def _transcripts(ctx: _Context) -> None:
     rows, refs, hyps = [], [], []
-    for start in range(0, len(clips), 8):
-        group = clips[start : start + 8]
-        for clip, result in zip(group, model.transcribe(group)):
+    for start in range(0, len(ctx.clips), 8):
+        group = ctx.clips[start : start + 8]
+        for clip, result in zip(group, ctx.model.transcribe(group)):
             name = f"{getattr(clip, 'id', len(rows))}.wav"
-            sf.write(out / "audio" / name, np.asarray(clip.audio, dtype=np.float32), SAMPLE_RATE)
+            sf.write(ctx.out / "audio" / name, np.asarray(clip.audio, dtype=np.float32), SAMPLE_RATE)
             ref = getattr(clip, "text", None)
             errors = f"{word_errors(ref, result.text)[0]}" if ref else ""
             rows.append(f"<tr><td>{html.escape(str(getattr(clip, 'id', '')))}</td><td><audio controls preload='none' "
@@ -116,143 +148,161 @@ def build_report(
                 refs.append(ref)
                 hyps.append(result.text)
     wer = f"<p>Word error rate {word_error_rate(refs, hyps):.1%} over {len(refs)} clips.</p>" if refs else ""
-    page.add("transcripts", "Transcripts", wer + "<table><tr><th>clip</th><th>audio</th><th>reference</th>"
-             "<th>transcript</th><th>word errors</th></tr>" + "".join(rows) + "</table>")
+    ctx.page.add("transcripts", "Transcripts", wer + "<table><tr><th>clip</th><th>audio</th><th>reference</th>"
+                 "<th>transcript</th><th>word errors</th></tr>" + "".join(rows) + "</table>")
 
-    log("heads")
-    alignment = None
-    heads_html = ""
-    if word_clips:
-        table = analysis.alignment_head_table(model, list(word_clips))
-        alignment = [(int(r.layer), int(r.head)) for r in table[table.hit_rate >= 0.5].itertuples()]
-        cmp = analysis.compare_alignment_heads(alignment, model.alignment_heads) if model.alignment_heads.any() else None
-        heads_html += (f"<h3>Alignment heads from word timings</h3><p>Found {alignment} "
-                       f"from {table.n_words.iloc[0]} words with known boundaries"
-                       + (f"; against the checkpoint's table: precision {cmp['precision']:.2f}, recall "
-                          f"{cmp['recall']:.2f}" if cmp else "") + ".</p>"
-                       + _table(table.head(8), ["layer", "head", "hit_rate", "mean_error_s"]))
-    scores = analysis.head_scores(model, few)
-    for stack, columns, key, label in (
-        ("encoder", ["layer", "head", "locality", "mean_distance", "padding_mass", "energy_corr"], "locality", "local"),
-        ("decoder", ["layer", "head", "bos_mass", "prev_mass", "mean_distance"], "bos_mass", "BOS"),
-        ("cross", ["layer", "head", "real_mass", "entropy", "monotonicity"], "monotonicity", "monotonic"),
-    ):
+
+_HEAD_TABLES = (  # stack, columns, sort key, what sorts first
+    ("encoder", ["layer", "head", "locality", "mean_distance", "padding_mass", "energy_corr"], "locality", "local"),
+    ("decoder", ["layer", "head", "bos_mass", "prev_mass", "mean_distance"], "bos_mass", "BOS"),
+    ("cross", ["layer", "head", "real_mass", "entropy", "monotonicity"], "monotonicity", "monotonic"),
+)
+
+
+def _heads(ctx: _Context, word_clips: Sequence[Any] | None) -> None:
+    from whisper_lens import analysis
+
+    body = _alignment_heads(ctx, word_clips) if word_clips else ""
+    scores = analysis.head_scores(ctx.model, ctx.few)
+    for stack, columns, key, label in _HEAD_TABLES:
         part = scores[scores["stack"] == stack]
         if part.empty:
             continue
-        notes = []
-        if stack == "decoder":
-            bos = part[part.bos_mass > 0.5]
-            prev = part[part.prev_mass > 0.5]
-            notes.append(f"BOS heads (bos_mass > 0.5): {[(int(r.layer), int(r.head)) for r in bos.itertuples()]}")
-            notes.append(f"previous-token heads (prev_mass > 0.5): "
-                         f"{[(int(r.layer), int(r.head)) for r in prev.itertuples()]}")
-        if stack == "encoder":
-            local = part[part.locality > 0.9]
-            notes.append(f"local heads (locality > 0.9): {[(int(r.layer), int(r.head)) for r in local.itertuples()]}")
-        heads_html += (f"<h3>{stack.capitalize()} heads (sorted by {key}, {label} first)</h3>"
-                       + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-                       + _table(part.sort_values(key, ascending=False), columns))
-    page.add("heads", "Attention heads", heads_html)
+        body += (f"<h3>{stack.capitalize()} heads (sorted by {key}, {label} first)</h3>"
+                 + "".join(f"<p>{html.escape(n)}</p>" for n in _head_notes(stack, part))
+                 + _table(part.sort_values(key, ascending=False), columns))
+    ctx.page.add("heads", "Attention heads", body)
 
-    log("attention views")
-    clip = few[0]
+
+def _alignment_heads(ctx: _Context, word_clips: Sequence[Any]) -> str:
+    from whisper_lens import analysis
+
+    model = ctx.model
+    table = analysis.alignment_head_table(model, list(word_clips))
+    ctx.alignment = [(int(r.layer), int(r.head)) for r in table[table.hit_rate >= 0.5].itertuples()]
+    cmp = analysis.compare_alignment_heads(ctx.alignment, model.alignment_heads) if model.alignment_heads.any() \
+        else None
+    return (f"<h3>Alignment heads from word timings</h3><p>Found {ctx.alignment} "
+            f"from {table.n_words.iloc[0]} words with known boundaries"
+            + (f"; against the checkpoint's table: precision {cmp['precision']:.2f}, recall "
+               f"{cmp['recall']:.2f}" if cmp else "") + ".</p>"
+            + _table(table.head(8), ["layer", "head", "hit_rate", "mean_error_s"]))
+
+
+def _head_notes(stack: str, part: Any) -> list[str]:
+    def pairs(rows: Any) -> list[tuple[int, int]]:
+        return [(int(r.layer), int(r.head)) for r in rows.itertuples()]
+
+    if stack == "decoder":
+        return [f"BOS heads (bos_mass > 0.5): {pairs(part[part.bos_mass > 0.5])}",
+                f"previous-token heads (prev_mass > 0.5): {pairs(part[part.prev_mass > 0.5])}"]
+    if stack == "encoder":
+        return [f"local heads (locality > 0.9): {pairs(part[part.locality > 0.9])}"]
+    return []
+
+
+def _attention(ctx: _Context) -> None:
+    from whisper_lens import views
+
+    model, page, clip = ctx.model, ctx.page, ctx.few[0]
     batch = model.prepare([clip], [clip.text] if getattr(clip, "text", None) else None)
     n_real = int(batch.audio_mask[0].sum())
     last_enc = model.dims.n_audio_layer - 1
-    names = [get_act_name("pattern", last_enc, "encoder")]
+    encoder = get_act_name("pattern", last_enc, "encoder")
+    cross = [get_act_name("cross_pattern", l, "decoder") for l in range(model.dims.n_text_layer)]
+    decoder = get_act_name("pattern", 0, "decoder")
     if batch.tokens is not None:
-        names += [get_act_name("cross_pattern", l, "decoder") for l in range(model.dims.n_text_layer)]
-        names += ["decoder_blocks.0.attn.hook_pattern"]
-        _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
+        _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=[encoder, *cross, decoder])
     else:
-        _, cache = model.run_with_cache(batch.mel, names_filter=names)
+        _, cache = model.run_with_cache(batch.mel, names_filter=[encoder])
     body = ("<p>Interactive views (CircuitsVis): hover a head to enlarge it, a token or time bin to see its "
             f"attention. Clip: {html.escape(str(getattr(clip, 'id', '')))}.</p>")
-    body += page.view(views.encoder_attention_view(cache[names[0]][0], n_real=n_real, n_bins=40,
+    body += page.view(views.encoder_attention_view(cache[encoder][0], n_real=n_real, n_bins=40,
                                                    title=f"Encoder block {last_enc} self-attention"))
     if batch.tokens is not None:
         str_tokens = model.to_str_tokens(batch.tokens[0])
-        heads = alignment or [tuple(x) for x in model.alignment_heads.nonzero().tolist()]
-        stack = torch.stack([cache[get_act_name("cross_pattern", l, "decoder")][0, h] for l, h in heads]) \
-            if heads else cache[get_act_name("cross_pattern", model.dims.n_text_layer - 1, "decoder")][0]
-        body += _figure(views.cross_attention_plot(stack.mean(0), str_tokens, batch.mel[0], n_real=n_real,
-                                                   title=f"Cross-attention, mean of heads {heads}"), out, "cross_attention")
+        heads = ctx.alignment or [tuple(x) for x in model.alignment_heads.nonzero().tolist()]
+        mean = torch.stack([cache[cross[l]][0, h] for l, h in heads]).mean(0) if heads else cache[cross[-1]][0].mean(0)
+        body += _figure(views.cross_attention_plot(mean, str_tokens, batch.mel[0], n_real=n_real,
+                                                   title=f"Cross-attention, mean of heads {heads}"),
+                        ctx.out, "cross_attention")
         layer = heads[0][0] if heads else model.dims.n_text_layer - 1
-        body += page.view(views.cross_attention_view(cache[get_act_name("cross_pattern", layer, "decoder")][0],
-                                                     str_tokens, n_real=n_real, title=f"Cross-attention, block {layer}"))
-        body += page.view(views.decoder_attention_view(cache["decoder_blocks.0.attn.hook_pattern"][0], str_tokens,
+        body += page.view(views.cross_attention_view(cache[cross[layer]][0], str_tokens, n_real=n_real,
+                                                     title=f"Cross-attention, block {layer}"))
+        body += page.view(views.decoder_attention_view(cache[decoder][0], str_tokens,
                                                        title="Decoder block 0 self-attention"))
     page.add("attention", "Attention", body)
 
-    if all(getattr(c, "text", None) for c in few):
-        log("encoder lens")
-        lens = analysis.encoder_lens(model, few, max_new_tokens=64)
-        page.add("encoder-lens", "Encoder lens",
+
+def _lenses(ctx: _Context) -> None:
+    from whisper_lens import analysis, views
+
+    if not all(getattr(c, "text", None) for c in ctx.few):
+        return
+    lens = analysis.encoder_lens(ctx.model, ctx.few, max_new_tokens=64)
+    ctx.page.add("encoder-lens", "Encoder lens",
                  "<p>The residual stream after k encoder blocks, through the encoder's final layer norm, decoded "
                  "by the whole decoder (k = 0: the conv stem; the last k is the full model).</p>"
                  + _figure(views.line_plot(lens, "layer", ["wer_vs_reference", "wer_vs_full"],
                                            title="Word error rate decoding from each encoder layer",
-                                           xlabel="encoder blocks applied"), out, "encoder_lens")
+                                           xlabel="encoder blocks applied"), ctx.out, "encoder_lens")
                  + _table(lens.assign(first_transcript=[t[0][:80] for t in lens.transcripts]),
                           ["layer", "wer_vs_reference", "wer_vs_full", "cross_entropy", "first_transcript"]))
-        log("logit lens")
-        ll = analysis.logit_lens(model, model.prepare(few))
-        frame = ll.to_frame()
-        page.add("logit-lens", "Logit lens",
+    frame = analysis.logit_lens(ctx.model, ctx.model.prepare(ctx.few)).to_frame()
+    ctx.page.add("logit-lens", "Logit lens",
                  "<p>The next token read from the residual stream after each decoder block through the final "
                  "layer norm and unembedding, at every transcript position.</p>"
                  + _figure(views.line_plot(frame, "layer", ["accuracy_vs_final", "accuracy_vs_reference",
-                                                            "mean_ref_prob"], title="Logit lens"), out, "logit_lens")
+                                                            "mean_ref_prob"], title="Logit lens"), ctx.out, "logit_lens")
                  + _table(frame))
 
-    log("attention window sweep")
-    windows = [5, 25, 75, None] if quick else [2, 5, 10, 25, 50, 75, 150, None]
-    sweep = analysis.attention_window_sweep(model, few, windows=windows, max_new_tokens=64)
+
+def _windows(ctx: _Context) -> None:
+    from whisper_lens import analysis, views
+
+    windows = [5, 25, 75, None] if ctx.quick else [2, 5, 10, 25, 50, 75, 150, None]
+    sweep = analysis.attention_window_sweep(ctx.model, ctx.few, windows=windows, max_new_tokens=64)
     ys = ["wer_vs_full"] + (["wer_vs_reference"] if "wer_vs_reference" in sweep else [])
-    page.add("windows", "Attention windows",
-             "<p>Encoder self-attention limited to +-k positions (20 ms each), as in Reid (2023).</p>"
-             + _figure(views.line_plot(sweep.assign(window=[str(w) for w in sweep.window]), "window", ys,
-                                       title="Word error rate against the encoder attention window",
-                                       xlabel="window (positions; None = unrestricted)"), out, "windows")
-             + _table(sweep.assign(example=[t[0][:80] for t in sweep.transcripts]), ["window", *ys, "example"]))
+    ctx.page.add("windows", "Attention windows",
+                 "<p>Encoder self-attention limited to +-k positions (20 ms each), as in Reid (2023).</p>"
+                 + _figure(views.line_plot(sweep.assign(window=[str(w) for w in sweep.window]), "window", ys,
+                                           title="Word error rate against the encoder attention window",
+                                           xlabel="window (positions; None = unrestricted)"), ctx.out, "windows")
+                 + _table(sweep.assign(example=[t[0][:80] for t in sweep.transcripts]), ["window", *ys, "example"]))
 
-    if patching is not None:
-        log("activation patching")
-        tokens = model.to_str_tokens(patching.tokens[0])
-        answers = [model.tokenizer.decode([a]) for a in patching.answers]
-        enc = analysis.patch_encoder_time(model, patching, bin_s=0.1 if not quick else 0.25)
-        dec = analysis.patch_resid(model, patching, stack="decoder")
-        body = (f"<p>Clean activations patched into the corrupted run; metric: logit difference "
-                f"{answers[0]!r} - {answers[1]!r} after {tokens!r}, 0 = corrupted, 1 = clean.</p>")
-        body += _figure(views.heatmap(enc.values, enc.labels["layer"], enc.labels["time_bin"],
-                                      title="Encoder residual stream (resid_pre) by layer and time",
-                                      xlabel="time", ylabel="encoder layer"), out, "patching_encoder")
-        body += _figure(views.heatmap(dec.values, dec.labels["layer"], dec.labels["text_pos"],
-                                      title="Decoder residual stream by layer and position", ylabel="decoder layer"),
-                        out, "patching_decoder")
-        page.add("patching", "Activation patching", body)
 
-    if sae is not None:
-        log("SAE")
-        from whisper_lens.analysis.features import feature_activations, feature_dashboard
-        from whisper_lens.sae.evaluation import evaluate
+def _patching(ctx: _Context, patching: PatchingSetup) -> None:
+    from whisper_lens import analysis, views
 
-        held_out = list(sae_eval_clips or few)
-        ev = evaluate(model, sae, held_out, out_dir=out / "figures", n_wer_clips=4 if quick else 16, verbose=False)
-        fa = feature_activations(model, sae, clips)
-        latents = fa.most_active(6 if quick else 12)
-        index = feature_dashboard(model, sae, clips, fa, latents=latents, out_dir=out / "features")
-        links = "".join(f"<li><a href='features/latent_{l}.html'>latent {l}</a>: fires on {fa.density[l]:.2%} "
-                        f"of frames, peak {fa.top_values[l, 0]:.2f}</li>" for l in latents)
-        page.add("sae", "SAE features",
+    model = ctx.model
+    tokens = model.to_str_tokens(patching.tokens[0])
+    answers = [model.tokenizer.decode([a]) for a in patching.answers]
+    enc = analysis.patch_encoder_time(model, patching, bin_s=0.1 if not ctx.quick else 0.25)
+    dec = analysis.patch_resid(model, patching, stack="decoder")
+    body = (f"<p>Clean activations patched into the corrupted run; metric: logit difference "
+            f"{answers[0]!r} - {answers[1]!r} after {tokens!r}, 0 = corrupted, 1 = clean.</p>")
+    body += _figure(views.heatmap(enc.values, enc.labels["layer"], enc.labels["time_bin"],
+                                  title="Encoder residual stream (resid_pre) by layer and time",
+                                  xlabel="time", ylabel="encoder layer"), ctx.out, "patching_encoder")
+    body += _figure(views.heatmap(dec.values, dec.labels["layer"], dec.labels["text_pos"],
+                                  title="Decoder residual stream by layer and position", ylabel="decoder layer"),
+                    ctx.out, "patching_decoder")
+    ctx.page.add("patching", "Activation patching", body)
+
+
+def _sae(ctx: _Context, sae: Any, sae_eval_clips: Sequence[Any] | None) -> None:
+    from whisper_lens.analysis.features import feature_activations, feature_dashboard
+    from whisper_lens.sae.evaluation import evaluate
+
+    model, out = ctx.model, ctx.out
+    held_out = list(sae_eval_clips or ctx.few)
+    ev = evaluate(model, sae, held_out, out_dir=out / "figures", n_wer_clips=4 if ctx.quick else 16, verbose=False)
+    fa = feature_activations(model, sae, ctx.clips)
+    latents = fa.most_active(6 if ctx.quick else 12)
+    index = feature_dashboard(model, sae, ctx.clips, fa, latents=latents, out_dir=out / "features")
+    links = "".join(f"<li><a href='features/latent_{l}.html'>latent {l}</a>: fires on {fa.density[l]:.2%} "
+                    f"of frames, peak {fa.top_values[l, 0]:.2f}</li>" for l in latents)
+    ctx.page.add("sae", "SAE features",
                  f"<pre>{html.escape(ev.summary())}</pre><img src='figures/feature_density.png'>"
                  f"<h3>Dashboards</h3><p><a href='features/{index.name}'>all</a></p><ul>{links}</ul>")
-        (out / "sae_metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
-
-    page.add("about", "About this report",
-             f"<p>{html.escape(repr(model))} from {html.escape(model.source)}; built in "
-             f"{time.perf_counter() - started:.0f} s by whisper_lens.</p>")
-    index = out / "index.html"
-    index.write_text(page.render())
-    return index
+    (out / "sae_metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
