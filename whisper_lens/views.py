@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from whisper_lens.audio import AUDIO_POS_PER_SECOND
+from whisper_lens.audio import AUDIO_POS_PER_SECOND, FRAMES_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -179,14 +180,43 @@ def line_plot(frame: Any, x: str, ys: list[str], *, title: str, xlabel: str | No
     return fig
 
 
-def save_figure(fig: Any, path: str | Path, *, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+def latent_example_plot(mel: Float[Tensor, "n_mels mel_frame"], curve: Any, *, start_s: float):
+    """A crop's spectrogram with an SAE latent's activation over it (`curve`: the latent per
+    encoder position of the whole clip; `start_s`: where the crop starts in it)."""
+    seconds = mel.shape[-1] / FRAMES_PER_SECOND
+    fig, ax = _plt().subplots(figsize=(5, 1.8))
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[0]), cmap="magma")
+    ax.set_yticks([])
+    ax.set_xlabel("seconds (crop)")
+    first = int(start_s * AUDIO_POS_PER_SECOND)
+    part = curve[first : first + int(np.ceil(seconds * AUDIO_POS_PER_SECOND))]
+    twin = ax.twinx()
+    twin.plot((np.arange(len(part)) + 0.5) / AUDIO_POS_PER_SECOND, part, color="#7fdbff", linewidth=1.6)
+    twin.set_ylim(bottom=0)
+    twin.set_ylabel("activation", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def latent_density_plot(log_density: Any, latent: int):
+    """Where one latent's firing frequency sits among all latents'."""
+    fig, ax = _plt().subplots(figsize=(4.5, 2.2))
+    ax.hist(log_density, bins=50, color="#bbbbbb")
+    ax.axvline(float(log_density[latent]), color="#c44e52", label=f"latent {latent}")
+    ax.set_xlabel("log10 firing frequency")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path, *, formats: tuple[str, ...] = ("png", "svg"), dpi: int = 110) -> list[Path]:
     """Write `path` with each suffix in `formats`; returns the files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(target, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
         out.append(target)
     _plt().close(fig)
     return out

@@ -133,9 +133,8 @@ def feature_dashboard(model: HookedWhisper, sae: Any, clips: Sequence[Any], fa: 
     """One HTML page per latent (and an index): its top examples as audio players cropped around
     the peak, each crop's spectrogram with the latent's activation over it, and where the
     latent's density sits among all latents. Returns the index page."""
-    from whisper_lens.views import _plt
+    from whisper_lens import views
 
-    plt = _plt()
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     clips = list(clips)
@@ -162,19 +161,14 @@ def feature_dashboard(model: HookedWhisper, sae: Any, clips: Sequence[Any], fa: 
 
             sf.write(wav, crop, SAMPLE_RATE)
             png = out / "audio" / f"latent{latent}_{rank}.png"
-            _example_plot(plt, model, crop, a, latent_curve(model, sae, audio, latent), png)
+            mel = log_mel_spectrogram(torch.from_numpy(crop), model.dims.n_mels)
+            views.save_figure(views.latent_example_plot(mel, latent_curve(model, sae, audio, latent), start_s=a / SAMPLE_RATE),
+                              png, formats=("png",), dpi=90)
             items.append(f"<div class='ex'><div>{html.escape(clip.id if hasattr(clip, 'id') else str(ex['clip']))}"
                          f" at {ex['time_s']:.2f} s, activation {ex['activation']:.2f}</div>"
                          f"<audio controls src='audio/{wav.name}'></audio><br><img src='audio/{png.name}'></div>")
         density_png = out / "audio" / f"latent{latent}_density.png"
-        fig, ax = plt.subplots(figsize=(4.5, 2.2))
-        ax.hist(log_density, bins=50, color="#bbbbbb")
-        ax.axvline(float(log_density[latent]), color="#c44e52", label=f"latent {latent}")
-        ax.set_xlabel("log10 firing frequency")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(density_png, dpi=90)
-        plt.close(fig)
+        views.save_figure(views.latent_density_plot(log_density, latent), density_png, formats=("png",), dpi=90)
         promoted = ""
         if fa.promoted_tokens is not None:
             promoted = "<p>promotes: " + " ".join(f"<code>{html.escape(t)}</code>" for t in fa.promoted_tokens[latent]) + "</p>"
@@ -204,24 +198,3 @@ def latent_curve(model: HookedWhisper, sae: Any, audio: np.ndarray, latent: int)
     _, cache = model.run_with_cache(batch.mel, names_filter=[hook], stop_at_layer=layer + 1)
     rows = cache[hook][real_positions(batch, hook, cache[hook].shape[1])]
     return sae.encode(rows.reshape(len(rows), -1).to(sae.W_dec.dtype))[:, latent].float().cpu().numpy()
-
-
-def _example_plot(plt: Any, model: HookedWhisper, crop: np.ndarray, start: int, curve: np.ndarray,
-                  path: Path) -> None:
-    """The crop's spectrogram with the latent's activation over it."""
-    mel = log_mel_spectrogram(torch.from_numpy(crop), model.dims.n_mels)
-    seconds = len(crop) / SAMPLE_RATE
-    fig, ax = plt.subplots(figsize=(5, 1.8))
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[0]), cmap="magma")
-    ax.set_yticks([])
-    ax.set_xlabel("seconds (crop)")
-    first = start * AUDIO_POS_PER_SECOND // SAMPLE_RATE
-    n = int(np.ceil(seconds * AUDIO_POS_PER_SECOND))
-    part = curve[first : first + n]
-    twin = ax.twinx()
-    twin.plot((np.arange(len(part)) + 0.5) / AUDIO_POS_PER_SECOND, part, color="#7fdbff", linewidth=1.6)
-    twin.set_ylim(bottom=0)
-    twin.set_ylabel("activation", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
