@@ -114,3 +114,11 @@ def test_an_sae_of_the_wrong_width_is_refused_when_added(tiny_model):
     assert tiny_model.hook_width("encoder_blocks.0.attn.hook_z") == 64
     assert tiny_model.hook_width("decoder_blocks.1.mlp.hook_post") == 256
     assert tiny_model.hook_width("decoder_blocks.1.cross_attn.hook_pattern") is None
+
+
+def test_docs_error_table_is_what_users_see():
+    from whisper_lens.errors_table import render_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "errors.md").read_text() == render_markdown(), \
+        "regenerate with: uv run python -m whisper_lens.errors_table > docs/errors.md"

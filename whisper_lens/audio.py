@@ -288,7 +288,8 @@ _CUT_FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
 def window_starts(audio: np.ndarray, window_samples: int, search_s: float = CUT_SEARCH_S) -> list[int]:
     """Where each window of a long clip starts: every cut is at the quietest 20 ms of the last
     `search_s` seconds before the window would end, so a word is not split between two windows
-    (which would lose it from both transcripts) wherever the speech pauses."""
+    (which would lose it from both transcripts) wherever the speech pauses; audio with no quieter
+    moment (half the energy of the window's end) is cut where the window ends."""
     starts = [0]
     search = min(int(search_s * SAMPLE_RATE), window_samples // 2)
     while len(audio) - starts[-1] > window_samples:
@@ -297,7 +298,10 @@ def window_starts(audio: np.ndarray, window_samples: int, search_s: float = CUT_
         n = len(region) // _CUT_FRAME
         energy = np.square(region[: n * _CUT_FRAME].reshape(n, _CUT_FRAME)).mean(axis=1)
         quietest = n - 1 - int(np.argmin(energy[::-1]))  # the latest of equally quiet frames
-        starts.append(end - search + quietest * _CUT_FRAME + _CUT_FRAME // 2)
+        if energy[quietest] >= 0.5 * energy[-1]:  # no pause to cut in: cut where the window ends
+            starts.append(end)
+        else:
+            starts.append(end - search + quietest * _CUT_FRAME + _CUT_FRAME // 2)
     return starts
 
 

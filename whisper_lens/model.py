@@ -491,7 +491,7 @@ class HookedWhisper(SAESplicing, HookedRootModule):
             if audio.shape[1] != self.dims.n_mels or audio.shape[2] != n_frames:
                 raise AudioInputError(
                     f"log-mel input has shape {tuple(audio.shape)}; this model needs "
-                    f"[batch {self.dims.n_mels} {n_frames}] (one {n_frames // 100} s window). Pass the "
+                    f"[batch {self.dims.n_mels} {n_frames}] (one {n_frames / 100:g} s window). Pass the "
                     "waveform instead and it is padded for you, or pad the mel with zeros' log-mel."
                 )
             if not torch.isfinite(audio).all():

@@ -118,8 +118,9 @@ def reading(path: Path, what: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - unpickling, zip, json, struct, safetensors: all mean "damaged"
+        detail = str(err).strip().split("\n")[0][:160]
         raise CheckpointError(
-            f"{path}: cannot read it as {what} ({type(err).__name__}: {err}). The file is damaged, truncated or "
+            f"{path}: cannot read it as {what} ({type(err).__name__}: {detail}). The file is damaged, truncated or "
             "not a Whisper checkpoint: download it again, or check the path") from err
 
 

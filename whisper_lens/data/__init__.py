@@ -26,7 +26,7 @@ import numpy as np
 
 from whisper_lens.audio import SAMPLE_RATE, load_audio
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # the bundled corpus, beside this module
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
 
