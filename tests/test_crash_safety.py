@@ -92,3 +92,74 @@ def test_no_activation_is_dropped_between_shards(tiny_model, uninterrupted):
     assert manifest["n_activations"] + manifest["n_activations_dropped"] == direct
     assert manifest["n_activations_dropped"] < ARGS["context_size"]
     assert manifest["n_rows"] == len(reference) == direct // ARGS["context_size"]
+
+
+# ---------------------------------------------------------------------- training
+TRAIN_SCRIPT = """
+import json, os, signal, sys
+sys.path.insert(0, {root!r})
+import safetensors.torch
+target, name, when, contains, nth = json.loads(sys.argv[2])
+original, seen = None, [0]
+
+def wrapper(*args, **kwargs):
+    hit = any(contains in str(a) for a in args)
+    seen[0] += hit
+    if hit and seen[0] == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(*args, **kwargs)
+    if hit and seen[0] == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+if target == "safetensors":  # patched before SAELens binds it
+    original = safetensors.torch.save_file
+    safetensors.torch.save_file = wrapper
+from pathlib import Path
+from sae_lens.training.sae_trainer import SAETrainer
+from tests.conftest import DIMS, random_openai
+from tests.test_sae import clips, small_config
+from whisper_lens import HookedWhisper
+from whisper_lens.sae import train_sae
+if target == "os":
+    original = getattr(os, name)
+    setattr(os, name, wrapper)
+if target == "trainer":
+    original = SAETrainer._train_step
+    SAETrainer._train_step = lambda self, *a, **k: wrapper(self, *a, **k)
+model = HookedWhisper.from_state_dict(DIMS["tiny_en"], random_openai(DIMS["tiny_en"]).state_dict())
+train_sae(small_config(Path(sys.argv[1])), model=model, clips=clips(12))
+print("finished without being killed")
+"""
+
+TRAIN_PHASES = {
+    "during a step": ("trainer", "_train_step", "before", "", 6),
+    "writing a checkpoint's weights": ("safetensors", "save_file", "before", "checkpoints/288", 1),  # the second
+    "before a checkpoint is marked complete": ("os", "replace", "before", "whisper_lens_state.json", 2),
+    "writing the final SAE": ("safetensors", "save_file", "before", "/sae/", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_uninterrupted(tiny_model, tmp_path_factory):
+    from tests.test_sae import small_config
+    from whisper_lens.sae import train_sae
+
+    out = tmp_path_factory.mktemp("train_reference")
+    return train_sae(small_config(out), model=tiny_model, clips=clips(12)).sae
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(TRAIN_PHASES))
+def test_training_killed_at_any_phase_resumes_to_the_same_sae(phase, tiny_model, trained_uninterrupted, tmp_path):
+    from tests.test_sae import small_config
+    from whisper_lens.sae import train_sae
+
+    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT.format(root=str(ROOT)), str(tmp_path),
+                           json.dumps(TRAIN_PHASES[phase])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    result = train_sae(small_config(tmp_path), model=tiny_model, clips=clips(12))
+    assert result.resumed_from is not None  # it continued from the last complete checkpoint
+    resumed, reference = result.sae, trained_uninterrupted.state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, reference[name]), name

@@ -10,6 +10,7 @@ All three read only real positions (see `whisper_lens.activations`) except `pcm_
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -21,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sae_lens.training.mixing_buffer import mixing_buffer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from whisper_lens.activations import check_hooks, iter_real_activations
+from whisper_lens.activations import batches_of, check_hooks, iter_real_activations
 from whisper_lens.audio import AUDIO_POS_PER_SECOND, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -36,9 +36,13 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------ route 1: SAETrainer provider
 class ActivationStream(Iterator[Tensor]):
-    """Endless [batch_size d_in] batches of real-position activations, shuffled through
-    SAELens's `mixing_buffer`. Its position (epoch, clips read) is saved with training checkpoints
-    so a resumed run continues with unread clips instead of starting the data over."""
+    """Endless [batch_size d_in] batches of real-position activations, shuffled as SAELens's
+    `mixing_buffer` shuffles them.
+
+    Its whole state (epoch, model batches read, the shuffle buffer and its random generator) is
+    saved with training checkpoints, so a resumed run gets exactly the batches an uninterrupted
+    run would have had: clips are read in model batches fixed per epoch (`seed + epoch` sets the
+    order), and `Mixer` is SAELens's algorithm with a saveable buffer."""
 
     def __init__(self, model: HookedWhisper, dataset: Sequence[Any], hook_name: str, *, batch_size: int,
                  model_batch_size: int, pack: bool, gap_s: float, buffer_size: int, mix_fraction: float,
@@ -50,13 +54,14 @@ class ActivationStream(Iterator[Tensor]):
         self.model, self.hook_name = model, hook_name
         self.batch_size, self.model_batch_size = batch_size, model_batch_size
         self.pack, self.gap_s, self.language, self.dtype = pack, gap_s, language, dtype
-        self.buffer_size, self.mix_fraction, self.seed, self.repeat = buffer_size, mix_fraction, seed, repeat
-        self.keep_in_memory = keep_in_memory
-        self._memory: list[Tensor] = []  # first epoch's rows, replayed later when keep_in_memory
-        self.epoch, self.position = 0, 0  # clips read in the current epoch
+        self.seed, self.repeat, self.keep_in_memory = seed, repeat, keep_in_memory
+        self.mixer = Mixer(buffer_size, batch_size, mix_fraction, seed)
+        self._memory: list[Tensor] = []  # epoch 0's rows, one entry per model batch (keep_in_memory)
+        self.epoch, self.group = 0, 0  # model batches read in the current epoch
         self.n_rows_read = 0  # real rows that came out of the model
         self.model_seconds = 0.0  # time spent in the model, for throughput reports
-        self._batches: Iterator[Tensor] | None = None
+        self._groups: tuple[int, list[list[Any]]] | None = None
+        self._exhausted = False
         self._d_in: int | None = None
 
     @property
@@ -68,76 +73,147 @@ class ActivationStream(Iterator[Tensor]):
             self._d_in = rows.acts[self.hook_name].shape[1]
         return self._d_in
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "group": self.group, "seed": self.seed, "mixer": self.mixer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"checkpoint was made with data seed {state['seed']}, this run uses {self.seed}")
-        self.epoch, self.position, self._batches = state["epoch"], state["position"], None
+        self.epoch = state["epoch"]
+        if "group" in state:
+            self.group = state["group"]
+        else:  # a position in clips: the model batches wholly inside it
+            self.group = sum(1 for _ in itertools.takewhile(
+                lambda end: end <= state["position"], itertools.accumulate(len(g) for g in self._epoch_groups(self.epoch))))
+        if "mixer" in state:
+            self.mixer.load_state_dict(state["mixer"])
+        self._memory, self._exhausted = [], False
 
-    def _clips(self, repeat: bool) -> Iterator[Any]:
-        while True:
-            order = list(range(len(self.dataset)))
-            random.Random(self.seed + self.epoch).shuffle(order)
-            while self.position < len(order):
-                item = self.dataset[order[self.position]]
-                self.position += 1
-                yield item
-            if not repeat:
-                return
-            self.epoch, self.position = self.epoch + 1, 0
+    # ------------------------------------------------------------------ rows
+    def _groups_of(self, epoch: int) -> list[list[Any]]:
+        """The epoch's clips, in its shuffled order (`seed + epoch`), grouped into model batches."""
+        order = list(range(len(self.dataset)))
+        random.Random(self.seed + epoch).shuffle(order)
+        return list(batches_of(self.model, [self.dataset[i] for i in order], self.model_batch_size, self.pack,
+                               self.gap_s))
 
-    def _rows(self) -> Iterator[Tensor]:
-        if not self.keep_in_memory:
-            yield from self._rows_from_model(self.repeat)
-            return
-        # Rows come from the model until one whole epoch is in memory; later epochs replay it in a
-        # new order. Memory is not checkpointed, so a resumed run (position > 0) reads the rest of
-        # its epoch, then one whole epoch, from the model before replaying.
-        whole_epoch = self.position == 0
-        for rows in self._rows_from_model(repeat=False):
-            if whole_epoch:
+    def _epoch_groups(self, epoch: int) -> list[list[Any]]:
+        if self._groups is None or self._groups[0] != epoch:
+            self._groups = (epoch, self._groups_of(epoch))
+        return self._groups[1]
+
+    def _model_rows(self, group: list[Any]) -> Tensor:
+        start = time.perf_counter()
+        parts = [out.acts[self.hook_name] for out in iter_real_activations(
+            self.model, group, [self.hook_name], batch_size=self.model_batch_size, pack=self.pack, gap_s=self.gap_s,
+            language=self.language)]
+        self.model_seconds += time.perf_counter() - start
+        rows = torch.cat(parts).to(self.dtype)
+        self.n_rows_read += len(rows)
+        return rows
+
+    def _next_rows(self) -> Tensor:
+        """The next model batch's rows; StopIteration at the end of the data when not repeating."""
+        replaying = self.keep_in_memory and self.epoch >= 1
+        n_groups = len(self._memory_groups()) if replaying else len(self._epoch_groups(self.epoch))
+        if self.group >= n_groups:
+            if not self.repeat:
+                raise StopIteration
+            self.epoch, self.group = self.epoch + 1, 0
+            return self._next_rows()
+        if replaying:
+            order = torch.randperm(n_groups, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            rows = self._memory_groups()[int(order[self.group])]
+        else:
+            if self.keep_in_memory:
+                self._memory_groups(upto=self.group)  # a resumed run rebuilds what it held
+            rows = self._model_rows(self._epoch_groups(self.epoch)[self.group])
+            if self.keep_in_memory:
                 self._memory.append(rows)
-            yield rows
-        if not self.repeat:
-            return
-        if not whole_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-            for rows in self._rows_from_model(repeat=False):
-                self._memory.append(rows)
-                yield rows
-        if not any(len(rows) for rows in self._memory):
+        self.group += 1
+        return rows
+
+    def _memory_groups(self, upto: int | None = None) -> list[Tensor]:
+        """Epoch 0's rows per model batch (the first `upto`, else all), read again if lost."""
+        groups = self._epoch_groups(0) if self._groups is None or self._groups[0] == 0 else self._groups_of(0)
+        wanted = len(groups) if upto is None else upto
+        while len(self._memory) < wanted:
+            self._memory.append(self._model_rows(groups[len(self._memory)]))
+        if upto is None and not any(len(rows) for rows in self._memory):
             raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
-        while True:
-            self.epoch, self.position = self.epoch + 1, len(self.dataset)
-            order = torch.randperm(len(self._memory), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-            for index in order.tolist():
-                yield self._memory[index]
-
-    def _rows_from_model(self, repeat: bool) -> Iterator[Tensor]:
-        source = iter_real_activations(self.model, self._clips(repeat), [self.hook_name],
-                                       batch_size=self.model_batch_size, pack=self.pack, gap_s=self.gap_s,
-                                       language=self.language)
-        empty_passes = 0
-        while True:
-            start = time.perf_counter()
-            try:
-                out = next(source)
-            except StopIteration:
-                return
-            self.model_seconds += time.perf_counter() - start
-            rows = out.acts[self.hook_name]
-            empty_passes = empty_passes + 1 if len(rows) == 0 else 0
-            if empty_passes > len(self.dataset):
-                raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
-            self.n_rows_read += len(rows)
-            yield rows.to(self.dtype)
+        return self._memory
 
     def __next__(self) -> Tensor:
-        if self._batches is None:
-            self._batches = mixing_buffer(self.buffer_size, self.batch_size, self._rows(), self.mix_fraction)
-        return next(self._batches)
+        empty = 0
+        while not self.mixer.ready():
+            if self._exhausted:
+                if not self.mixer.drain():
+                    raise StopIteration
+                break
+            try:
+                rows = self._next_rows()
+            except StopIteration:
+                self._exhausted = True
+                continue
+            empty = empty + 1 if len(rows) == 0 else 0
+            if empty > len(self.dataset):
+                raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
+            self.mixer.add(rows)
+        return self.mixer.take()
+
+
+class Mixer:
+    """SAELens's `mixing_buffer`, step for step, with its state exposed: rows gather in storage
+    until it holds `buffer_size`; then it is shuffled, a `mix_fraction` of it is kept to mix with
+    the next rows, and the rest is served in whole batches. SAELens's is a generator on the
+    global random state, which a checkpoint cannot hold; this one has its own generator."""
+
+    def __init__(self, buffer_size: int, batch_size: int, mix_fraction: float, seed: int):
+        if buffer_size < batch_size:
+            raise ValueError("Buffer size must be greater than or equal to batch size")
+        if not 0 <= mix_fraction <= 1:
+            raise ValueError("mix_fraction must be in [0, 1]")
+        self.buffer_size, self.batch_size, self.mix_fraction = buffer_size, batch_size, mix_fraction
+        self.generator = torch.Generator().manual_seed(seed)
+        self.storage: Tensor | None = None
+        self.serving: Tensor | None = None
+        self.served = 0  # batches of `serving` already taken
+
+    def add(self, rows: Tensor) -> None:
+        self.storage = rows if self.storage is None else torch.cat([self.storage, rows])
+        if self.storage.shape[0] < self.buffer_size:
+            return
+        if self.mix_fraction > 0:
+            self.storage = self.storage[torch.randperm(self.storage.shape[0], generator=self.generator)]
+        keep = int(self.buffer_size * self.mix_fraction)
+        cutoff = max(1, (self.storage.shape[0] - keep) // self.batch_size) * self.batch_size
+        self.serving, self.storage, self.served = self.storage[:cutoff], self.storage[cutoff:], 0
+
+    def ready(self) -> bool:
+        return self.serving is not None and self.served * self.batch_size < self.serving.shape[0]
+
+    def take(self) -> Tensor:
+        assert self.serving is not None
+        batch = self.serving[self.served * self.batch_size : (self.served + 1) * self.batch_size]
+        self.served += 1
+        return batch
+
+    def drain(self) -> bool:
+        """At the end of the data, serve the whole batches left in storage (as SAELens does)."""
+        if self.storage is None or self.storage.shape[0] < self.batch_size:
+            return False
+        cutoff = self.storage.shape[0] // self.batch_size * self.batch_size
+        self.serving, self.storage, self.served = self.storage[:cutoff], None, 0
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"storage": self.storage, "serving": self.serving, "served": self.served,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.storage, self.serving, self.served = state["storage"], state["serving"], state["served"]
+        self.generator.set_state(state["generator"])
 
 
 def activation_provider(
@@ -165,7 +241,7 @@ def activation_provider(
         batch_size: rows per yielded batch (SAELens's `train_batch_size_samples`).
         model_batch_size: 30 s windows (packed) or clips (unpacked) per forward pass.
         pack: pack several clips into each window (5-10x more real rows per forward pass).
-        buffer_size: rows held for shuffling (default 16 batches); SAELens's `mixing_buffer`.
+        buffer_size: rows held for shuffling (default 16 batches); SAELens's `mixing_buffer` algorithm.
         seed: clip order per epoch is shuffled with `seed + epoch`.
         repeat: start a new epoch when the clips run out (otherwise the stream ends).
         keep_in_memory: keep the first epoch's rows (rows x d_in x 4 bytes) and replay them in later

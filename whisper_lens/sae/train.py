@@ -6,15 +6,16 @@
 Around SAELens's trainer (never a fork of it):
 - data: `activation_provider` (real frames / transcript tokens, packed, mixed);
 - checkpoints: SAELens's evenly spaced ones, plus one when the run is interrupted (Ctrl-C or
-  SIGTERM stop the run after the step in progress); each checkpoint also records where the data
-  stream was. Running the same config again resumes from the newest complete checkpoint with
-  the same step count, optimizer state and schedule;
+  SIGTERM stop the run after the step in progress); each checkpoint also holds the data stream's
+  whole state. Running the same config again resumes from the newest complete checkpoint and ends
+  with the SAE an uninterrupted run would have ended with;
 - `DeadLatentResampler`: optional re-initialisation of dead latents, wrapped around `trainer.step`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
 
 STATE_FILE = "whisper_lens_state.json"  # written last: a checkpoint without it is incomplete
+DATA_STATE_FILE = "whisper_lens_data_state.pt"  # the data stream and resampler, tensors included
 
 
 # ------------------------------------------------------------------ building blocks
@@ -142,11 +144,13 @@ class DeadLatentResampler:
                 state[key][index] = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fired": self.fired.cpu().tolist(), "n_resampled": self.n_resampled}
+        return {"fired": self.fired.cpu(), "n_resampled": self.n_resampled, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fired = torch.tensor(state["fired"], dtype=torch.bool, device=self.fired.device)
+        self.fired = torch.as_tensor(state["fired"], dtype=torch.bool).to(self.fired.device)
         self.n_resampled = [tuple(x) for x in state["n_resampled"]]
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 class StopAfterStep(Exception):
@@ -272,7 +276,10 @@ def train_sae(
     def save_state(checkpoint_path: Path | None) -> None:
         if checkpoint_path is not None:
             state = {"data": provider.state_dict(), "resampler": resampler.state_dict() if resampler else None}
-            (Path(checkpoint_path) / STATE_FILE).write_text(json.dumps(state))
+            _write_atomically(Path(checkpoint_path) / DATA_STATE_FILE, lambda f: torch.save(state, f))
+            # written last: a checkpoint without it is incomplete and never resumed from
+            _write_atomically(Path(checkpoint_path) / STATE_FILE,
+                              lambda f: f.write(json.dumps({"data_state": DATA_STATE_FILE}).encode()))
 
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider, evaluator=evaluator,
                          save_checkpoint_fn=save_state)
@@ -286,7 +293,7 @@ def train_sae(
         # consumes one batch, so the sample count gives the true step count.
         trainer.n_training_steps = trainer.n_training_samples // t.batch_size
         sae.load_weights_from_checkpoint(resumed_from)
-        state = json.loads((resumed_from / STATE_FILE).read_text())
+        state = torch.load(resumed_from / DATA_STATE_FILE, map_location="cpu", weights_only=True)
         provider.load_state_dict(state["data"])
         if resampler and state["resampler"]:
             resampler.load_state_dict(state["resampler"])
@@ -333,6 +340,16 @@ def train_sae(
         rows_per_second=provider.n_rows_read / max(provider.model_seconds, 1e-9), train_seconds=seconds,
         model_seconds=provider.model_seconds,
     )
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write `path` through a temporary file renamed into place: a kill leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _yaml_load(path: Path) -> dict[str, Any]:
