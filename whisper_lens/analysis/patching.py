@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from whisper_lens.activations import is_decoder_hook, real_positions
 from whisper_lens.audio import AUDIO_POS_PER_SECOND
 from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate
@@ -198,20 +199,19 @@ def layer_ablation(model: HookedWhisper, clips: Sequence[Any], *, kinds: Sequenc
     parts = {"encoder": ("attn_out", "mlp_out"), "decoder": ("attn_out", "cross_attn_out", "mlp_out")}
     means: dict[str, Tensor] = {}
     if "mean" in kinds:
-        names = [f"{s}_blocks.{l}.hook_{p}" for s, ps in parts.items()
-                 for l in range(model.dims.n_audio_layer if s == "encoder" else model.dims.n_text_layer) for p in ps]
+        names = [get_act_name(p, l, s) for s, ps in parts.items()
+                 for l in range(model.stack_config(s).n_layers) for p in ps]
         batch = model.prepare(clips, pack=True)
         args = (batch.mel, batch.tokens) if refs else (batch.mel,)
         _, cache = model.run_with_cache(*args, names_filter=names)
         for name in names:
-            mask = batch.transcript_mask if name.startswith("decoder") else batch.audio_mask
-            if name.startswith("decoder") and not refs:
+            if is_decoder_hook(name) and not refs:
                 continue
-            means[name] = cache[name][mask].mean(0)
+            means[name] = cache[name][real_positions(batch, name, cache[name].shape[1])].mean(0)
     clean = transcribe([])
     rows = []
     for stack, ps in parts.items():
-        for layer in range(model.dims.n_audio_layer if stack == "encoder" else model.dims.n_text_layer):
+        for layer in range(model.stack_config(stack).n_layers):
             for kind in kinds:
                 names = [get_act_name(p, layer, stack) for p in ps]
                 if kind == "mean" and any(n not in means for n in names):
