@@ -37,7 +37,6 @@ def _cases(model, tmp: Path) -> list[tuple[str, Callable[[], object]]]:
     from whisper_lens.loading import load_checkpoint
 
     window = model.dims.n_mel_frames * 160
-    wave = np.zeros(window // 2, dtype=np.float32)
     nan = torch.zeros(1, window)
     nan[0, 3] = float("nan")
     (tmp / "empty.wav").write_bytes(b"")

@@ -10,12 +10,10 @@ logits equal `whisper.model.Whisper`'s to float32 rounding.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-import os
-from pathlib import Path
 
 import numpy as np
 import torch

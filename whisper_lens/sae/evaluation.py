@@ -26,7 +26,6 @@ from whisper_lens.activations import batches_of, check_hooks, real_positions
 from whisper_lens.metrics import word_error_rate
 
 if TYPE_CHECKING:
-    from whisper_lens.audio import AudioBatch
     from whisper_lens.model import HookedWhisper
 
 DENSE_THRESHOLD = 0.1  # a latent firing on more than this fraction of positions counts as dense
