@@ -19,11 +19,30 @@ from whisper_lens.sae import cache_activations
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(context_size=8, clips_per_shard=7, batch_size=2, progress=False)
 
-# The subprocess runs the same job with one library function wrapped to SIGKILL the process on
-# n-th call with an argument ending in the given text, before or after the call: the kill lands
-# at that point of the job.
-SCRIPT = """
-import json, os, shutil, signal, sys
+# The subprocess runs the same job with one library function wrapped to SIGKILL the process at
+# its n-th call with a matching argument, before or after the call: the kill lands at that point.
+KILLER = """
+import os, signal
+
+def killing(original, matches, when, nth):
+    # `original`, made to SIGKILL the process at its nth call with an argument that `matches`
+    seen = [0]
+
+    def wrapper(*args, **kwargs):
+        hit = any(matches(str(a)) for a in args)
+        seen[0] += hit
+        if hit and seen[0] == nth and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if hit and seen[0] == nth and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    return wrapper
+"""
+
+SCRIPT = KILLER + """
+import json, shutil, sys
 sys.path.insert(0, {root!r})
 import safetensors.torch
 from tests.conftest import DIMS, random_openai
@@ -33,19 +52,7 @@ from whisper_lens.sae import cache_activations
 
 module_name, name, when, ending, nth = json.loads(sys.argv[2])
 module = {{"os": os, "shutil": shutil, "safetensors": safetensors.torch}}[module_name]
-original, seen = getattr(module, name), [0]
-
-def wrapper(*args, **kwargs):
-    hit = any(str(a).endswith(ending) for a in args)
-    seen[0] += hit
-    if hit and seen[0] == nth and when == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
-    result = original(*args, **kwargs)
-    if hit and seen[0] == nth and when == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
-
-setattr(module, name, wrapper)
+setattr(module, name, killing(getattr(module, name), lambda a: a.endswith(ending), when, nth))
 model = HookedWhisper.from_state_dict(DIMS["tiny_en"], random_openai(DIMS["tiny_en"]).state_dict())
 cache_activations(model, clips(24), HOOK, sys.argv[1], **json.loads(sys.argv[3]))
 print("finished without being killed")
@@ -95,26 +102,13 @@ def test_no_activation_is_dropped_between_shards(tiny_model, uninterrupted):
 
 
 # ---------------------------------------------------------------------- training
-TRAIN_SCRIPT = """
-import json, os, signal, sys
+TRAIN_SCRIPT = KILLER + """
+import json, sys
 sys.path.insert(0, {root!r})
 import safetensors.torch
 target, name, when, contains, nth = json.loads(sys.argv[2])
-original, seen = None, [0]
-
-def wrapper(*args, **kwargs):
-    hit = any(contains in str(a) for a in args)
-    seen[0] += hit
-    if hit and seen[0] == nth and when == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
-    result = original(*args, **kwargs)
-    if hit and seen[0] == nth and when == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return result
-
 if target == "safetensors":  # patched before SAELens binds it
-    original = safetensors.torch.save_file
-    safetensors.torch.save_file = wrapper
+    safetensors.torch.save_file = killing(safetensors.torch.save_file, lambda a: contains in a, when, nth)
 from pathlib import Path
 from sae_lens.training.sae_trainer import SAETrainer
 from tests.conftest import DIMS, random_openai
@@ -122,11 +116,9 @@ from tests.test_sae import clips, small_config
 from whisper_lens import HookedWhisper
 from whisper_lens.sae import train_sae
 if target == "os":
-    original = getattr(os, name)
-    setattr(os, name, wrapper)
+    setattr(os, name, killing(getattr(os, name), lambda a: contains in a, when, nth))
 if target == "trainer":
-    original = SAETrainer._train_step
-    SAETrainer._train_step = lambda self, *a, **k: wrapper(self, *a, **k)
+    SAETrainer._train_step = killing(SAETrainer._train_step, lambda a: contains in a, when, nth)
 model = HookedWhisper.from_state_dict(DIMS["tiny_en"], random_openai(DIMS["tiny_en"]).state_dict())
 train_sae(small_config(Path(sys.argv[1])), model=model, clips=clips(12))
 print("finished without being killed")

@@ -14,7 +14,6 @@ from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
