@@ -263,6 +263,7 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         language: str | None = None,
         task: str = "transcribe",
         timestamps: bool = False,
+        sample_rate: int | None = None,
     ) -> HookedWhisperDecoder:
         """The decoder, conditioned on `audio`, as a TransformerLens `HookedTransformer`.
 
@@ -270,14 +271,15 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         output, broadcast to one or N token rows per audio item. Weight processing takes
         HookedTransformer's flags with SAELens's defaults; `process=False` (or
         `no_processing=True`) keeps the raw weights. `language`/`task`/`timestamps` choose the
-        prompt that `to_tokens(..., prepend_bos=True)` prepends. See `whisper_lens.decoder_view`.
+        prompt that `to_tokens(..., prepend_bos=True)` prepends; arrays are 16 kHz unless
+        `sample_rate` says otherwise. See `whisper_lens.decoder_view`.
         """
         from whisper_lens.decoder_view import make_decoder_view
 
         if isinstance(audio, AudioBatch) or (isinstance(audio, Tensor) and audio.ndim >= 2):
             source = audio
         else:
-            source = self.prepare(audio)
+            source = self.prepare(audio, sample_rate=sample_rate)
         with torch.no_grad():
             encoder_out = self.encode(source)
         processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
