@@ -41,11 +41,6 @@ from whisper_lens.cache import DecoderActivationCache, accumulated_bias
 if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
 
-PROCESSING_DEFAULTS = dict(  # as SAELens's `load_model` asks HookedTransformer.from_pretrained
-    fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True,
-    refactor_factored_attn_matrices=False,
-)
-
 
 def broadcast_audio(
     encoder_out: Float[Tensor, "n_audio audio_pos d_model"], batch: int
