@@ -87,6 +87,15 @@ def test_channels_last_arrays_are_not_read_as_thousands_of_clips(tiny_model, wav
         tiny_model.run_with_cache(torch.from_numpy(wave)[:, None])
 
 
+def test_one_record_is_one_item(tiny_model, wave):
+    from whisper_lens.data import AudioExample
+
+    clip = AudioExample("one", wave, 16000, "the birch canoe")
+    batch = tiny_model.prepare(clip)
+    assert len(batch) == 1 and batch.texts == ["the birch canoe"]
+    torch.testing.assert_close(tiny_model.with_audio(clip).audio.encoder_out, tiny_model.encode(batch.mel))
+
+
 def test_paths_are_accepted(tiny_model, wave, tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, wave, 16000, subtype="FLOAT")

@@ -338,12 +338,12 @@ class Clip:
 
 def as_clips(audio: Any, text: str | Sequence[str] | None = None, *, sample_rate: int | None = None,
              argument: str = "audio") -> list[Any]:
-    """The items of a user's audio argument: one path, 1-D array or tensor, or a sequence of them
-    (or of `AudioExample`-like records); `text` and an array's `sample_rate` are attached.
+    """The items of a user's audio argument: one path, 1-D array or tensor or `AudioExample`-like
+    record, or a sequence of them; `text` and an array's `sample_rate` are attached.
 
     A 2-D array is a batch of waveforms [batch samples]; one that looks like [samples channels]
     (many more rows than columns, at most 8 columns) is refused rather than read as thousands of clips."""
-    if isinstance(audio, (str, os.PathLike)) or getattr(audio, "ndim", None) == 1:
+    if isinstance(audio, (str, os.PathLike)) or getattr(audio, "ndim", None) == 1 or hasattr(audio, "audio"):
         items = [audio]
     elif getattr(audio, "ndim", None) == 2:
         rows, cols = audio.shape
