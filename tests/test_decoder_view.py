@@ -55,6 +55,21 @@ def test_residual_stream_equals_the_model_and_raw_logits_equal_without_processin
     assert isinstance(theirs, ActivationCache)
 
 
+def test_tokens_behave_as_transformer_lens_tokens(unit):
+    model, _, _, view = unit
+    tokens = view.to_tokens([" The birch", " A"])  # right-padded with <|endoftext|>, as TL pads with pad_token_id
+    prompt = model.sot_sequence()
+    assert tokens[0].tolist() == prompt + model.tokenizer.encode(" The birch")
+    assert tokens[1, -1] == view.tokenizer.pad_token_id
+    assert view.to_tokens(" The", prepend_bos=False).tolist() == [[view.to_single_token(" The")]]
+    assert view.to_string(tokens[0]) == "<|startoftranscript|><|notimestamps|> The birch"
+    assert view.to_string(tokens)[1].startswith("<|startoftranscript|><|notimestamps|> A")
+    assert view.to_str_tokens(" The birch")[2:] == [" The", " bir", "ch"]
+    assert view.get_token_position(" The", " The birch") == len(prompt)
+    with pytest.raises(AssertionError, match="single token"):
+        view.to_single_token(" birch")
+
+
 def test_token_rows_broadcast_over_audio(unit):
     model, mel, tokens, view = unit
     with torch.no_grad():
