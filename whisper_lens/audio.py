@@ -346,11 +346,7 @@ def as_clips(audio: Any, text: str | Sequence[str] | None = None, *, sample_rate
     if isinstance(audio, (str, os.PathLike)) or getattr(audio, "ndim", None) == 1 or hasattr(audio, "audio"):
         items = [audio]
     elif getattr(audio, "ndim", None) == 2:
-        rows, cols = audio.shape
-        if cols <= 8 < rows:
-            raise AudioInputError(
-                f"{argument} has shape {tuple(audio.shape)}, which looks like [samples channels]; mix it to mono "
-                f"({argument}.mean(axis=1)) or pass the file path, or pass [batch samples] for a batch")
+        refuse_channels_last(tuple(audio.shape), argument)
         items = list(audio)
     elif isinstance(audio, (bytes, dict)) or not isinstance(audio, Iterable):
         raise AudioInputError(f"{argument} must be a path, a waveform, or a list of them, not {type(audio).__name__}")
@@ -364,6 +360,15 @@ def as_clips(audio: Any, text: str | Sequence[str] | None = None, *, sample_rate
     elif sample_rate is not None:
         items = [_with(item, i, sample_rate=sample_rate) for i, item in enumerate(items)]
     return items
+
+
+def refuse_channels_last(shape: tuple[int, ...], argument: str) -> None:
+    """Refuse a 2-D array shaped like [samples channels] (many more rows than columns, at most 8
+    columns): read as [batch samples] it would be thousands of one-sample clips."""
+    if len(shape) == 2 and shape[1] <= 8 < shape[0]:
+        raise AudioInputError(
+            f"{argument} has shape {shape}, which looks like [samples channels]; mix it to mono "
+            f"({argument}.mean(axis=1)) or pass the file path, or pass [batch samples] for a batch")
 
 
 def _with(item: Any, index: int, *, text: str | None = None, sample_rate: int | None = None) -> Any:
@@ -401,13 +406,13 @@ def _clips(items: Iterable[Any], skip_bad: bool) -> tuple[list[tuple[str, np.nda
 
 def _clip(item: Any, index: int) -> tuple[str, np.ndarray, str | None]:
     """(id, 16 kHz waveform, text) from a path, an array or an AudioExample-like record."""
+    clip_id = item_id(item, index)
     if hasattr(item, "audio"):
-        clip_id = str(getattr(item, "id", index))
         return clip_id, load_audio(item.audio, sample_rate=getattr(item, "sample_rate", None), name=clip_id), \
             getattr(item, "text", None)
     if isinstance(item, (str, os.PathLike)):
-        return Path(item).stem, load_audio(item), None
-    return str(index), load_audio(item, name=f"audio item {index}"), None
+        return clip_id, load_audio(item), None
+    return clip_id, load_audio(item, name=f"audio item {index}"), None
 
 
 def frame_mask(batch: AudioBatch, n_frames: int) -> Bool[Tensor, "batch mel_frame"]:

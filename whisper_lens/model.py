@@ -22,10 +22,12 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from whisper_lens.activations import is_decoder_hook
 from whisper_lens.activations import iter_activations as _iter_activations
 from whisper_lens.sae.splice import SAESplicing
 from whisper_lens.audio_refs import HeldAudio, is_reference_rows
-from whisper_lens.audio import HOP_LENGTH, AudioBatch, as_clips, log_mel_spectrogram, pad_or_trim, pcm_to_float
+from whisper_lens.audio import (HOP_LENGTH, SAMPLE_RATE, AudioBatch, as_clips, log_mel_spectrogram, pad_or_trim,
+                                pcm_to_float, refuse_channels_last)
 from whisper_lens.cache import StackModel, WhisperActivationCache
 from whisper_lens.components import HookOptions, KVCache, LayerNorm, ResidualBlock, Unembed, release_spare_buffers
 from whisper_lens.config import StackConfig, WhisperDims
@@ -325,7 +327,7 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     def hook_width(self, name: str) -> int | None:
         """Numbers per position at hook `name`, flattened as SAELens reads them (None: two position axes)."""
-        stack = self.stack_config("encoder" if name.startswith(("encoder", "hook_conv1", "hook_audio")) else "decoder")
+        stack = self.stack_config("decoder" if is_decoder_hook(name) else "encoder")
         sizes = {"d_model": stack.d_model, "d_mlp": stack.d_mlp, "d_head": stack.d_head, "head": stack.n_heads,
                  "d_vocab": stack.d_vocab}
         return activation_width(name, sizes)
@@ -718,14 +720,14 @@ class HookedWhisper(SAESplicing, HookedRootModule):
     def add_hook(self, name: Any, hook: Callable, dir: Literal["fwd", "bwd"] = "fwd",
                  is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
         """TransformerLens's `add_hook`, with a clear error for a name that is not a hook here."""
-        if isinstance(name, str) and name not in self.mod_dict:
-            raise UnknownHookError(name, list(self.hook_dict))
+        if isinstance(name, str):
+            self.check_hook_names(name)
         super().add_hook(name, _shape_checked(hook), dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def _enable_hook(self, name: Any, hook: Callable, dir: Literal["fwd", "bwd"] = "fwd") -> None:
         """What `hooks(fwd_hooks=...)` and `run_with_hooks` call for each hook."""
-        if isinstance(name, str) and name not in self.mod_dict:
-            raise UnknownHookError(name, list(self.hook_dict))
+        if isinstance(name, str):
+            self.check_hook_names(name)
         super()._enable_hook(name=name, hook=_shape_checked(hook), dir=dir)
 
     def release_buffers(self) -> None:
@@ -786,13 +788,11 @@ def _checked_wave(audio: Tensor, window: int) -> Tensor:
     """Waveform rows that fit one window: longer audio is never cut without a word."""
     if audio.shape[-1] > window:
         raise AudioInputError(
-            f"audio is {audio.shape[-1] / 16000:.1f} s, longer than the {window / 16000:g} s window a forward pass "
-            "takes; split it into windows with `model.prepare(audio, chunk=True)` (one row per window), or "
-            "use `model.transcribe` for long audio")
-    if audio.is_floating_point() and audio.ndim == 2 and audio.shape[-1] <= 8 < audio.shape[0]:
-        raise AudioInputError(
-            f"audio has shape {tuple(audio.shape)}, which looks like [samples channels]; mix it to mono "
-            "(audio.mean(-1)) and pass [batch samples]")
+            f"audio is {audio.shape[-1] / SAMPLE_RATE:.1f} s, longer than the {window / SAMPLE_RATE:g} s window a "
+            "forward pass takes; split it into windows with `model.prepare(audio, chunk=True)` (one row per "
+            "window), or use `model.transcribe` for long audio")
+    if audio.is_floating_point():  # integer rows this narrow are refused as token ids by _to_float_wave
+        refuse_channels_last(tuple(audio.shape), "audio")
     return audio
 
 
