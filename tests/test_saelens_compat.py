@@ -35,13 +35,13 @@ def test_reference_rows_resolve_to_the_held_windows(tiny_model):
     held.tokens += [torch.tensor([50257, 50362, 11, 12]), torch.tensor([50257, 50362, 13])]
     held.targets += [torch.tensor([False, False, True, True]), torch.tensor([False, False, True])]
     rows = encoder_rows(range(2), mask, pad_id=50256)
-    resolved = held.resolve(rows.flip(0), pad_id=50256, eot=50256)
+    resolved = held.resolve(rows.flip(0), eot=50256)
     assert torch.equal(resolved.mel[0], mel[1]) and resolved.kind == "encoder"
     assert resolved.tokens.tolist() == [[50257, 50362, 13, 50256], [50257, 50362, 11, 12]]
     with pytest.raises(ValueError, match="holds 2"):
-        held.resolve(torch.full((1, 4), ENCODER_REF + 7 * 4096), pad_id=50256, eot=50256)
+        held.resolve(torch.full((1, 4), ENCODER_REF + 7 * 4096), eot=50256)
     with pytest.raises(ValueError, match="exactly one window"):
-        held.resolve(torch.cat([rows[:1, :3], rows[1:, :3]], dim=1), pad_id=50256, eot=50256)
+        held.resolve(torch.cat([rows[:1, :3], rows[1:, :3]], dim=1), eot=50256)
 
 
 @pytest.fixture(scope="module")

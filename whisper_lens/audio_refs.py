@@ -79,15 +79,17 @@ class HeldAudio:
             self.targets.append(batch.transcript_mask[row, :n_text].cpu())
         return range(start, len(self.mel))
 
-    def resolve(self, rows: Int[Tensor, "batch pos"], *, pad_id: int, eot: int) -> ResolvedRows:
-        """The windows and decoder input that reference rows name."""
+    def resolve(self, rows: Int[Tensor, "batch pos"], *, eot: int) -> ResolvedRows:
+        """The windows and decoder input that reference rows name (anything below `ENCODER_REF`
+        is padding; decoder input is padded with `eot`, as Whisper pads)."""
         kind = "decoder" if int(rows.max()) >= DECODER_REF else "encoder"
         base, stride = (DECODER_REF, _TOKEN_STRIDE) if kind == "decoder" else (ENCODER_REF, _POS_STRIDE)
         windows = []
         for row in rows.cpu():
             refs = row[row >= ENCODER_REF]
             found = ((refs - base) // stride).unique()
-            if len(refs) == 0 or len(found) != 1 or bool((refs < base).any() if kind == "decoder" else (refs >= DECODER_REF).any()):
+            mixed = bool(((refs >= DECODER_REF) != (kind == "decoder")).any())
+            if len(refs) == 0 or len(found) != 1 or mixed:
                 raise ValueError("each reference row must name exactly one window of one kind; build rows with "
                                  "whisper_lens.sae.saelens_dataset")
             window = int(found[0])

@@ -45,19 +45,20 @@ def accumulated_bias(blocks: Any, cfg: Any, layer: int, mlp_input: bool = False,
     """HookedTransformer's `accumulated_bias`, counting cross-attention output biases too."""
     total = torch.zeros(cfg.d_model, device=blocks[0].attn.b_O.device, dtype=blocks[0].attn.b_O.dtype)
     for block in list(blocks)[:layer]:
-        total = total + block.attn.b_O + (block.cross_attn.b_O if _has_cross(block) else 0)
+        total = total + _attention_bias(block)
         if include_mlp_biases:
             total = total + block.mlp.b_out
     if mlp_input:
         if layer >= cfg.n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (the unembed has no MLP)")
-        block = blocks[layer]
-        total = total + block.attn.b_O + (block.cross_attn.b_O if _has_cross(block) else 0)
+        total = total + _attention_bias(blocks[layer])
     return total
 
 
-def _has_cross(block: Any) -> bool:
-    return getattr(block, "cross_attn", None) is not None
+def _attention_bias(block: Any) -> Tensor:
+    """The output biases of a block's self-attention and (decoder) cross-attention."""
+    cross = getattr(block, "cross_attn", None)
+    return block.attn.b_O + (cross.b_O if cross is not None else 0)
 
 
 class _Renamed(MutableMapping):

@@ -640,7 +640,7 @@ class HookedWhisper(SAESplicing, HookedRootModule):
         applies to it: for decoder rows position i holds the cross-entropy of token i (0 at the
         first); for encoder rows every position holds its window's mean transcript cross-entropy.
         """
-        resolved = self.held_audio.resolve(rows, pad_id=self.tokenizer.pad_token_id, eot=self.tokenizer.eot)
+        resolved = self.held_audio.resolve(rows, eot=self.tokenizer.eot)
         if resolved.kind == "encoder" and rows.shape[1] != self.dims.n_audio_ctx:
             raise ValueError(f"encoder reference rows must cover a whole window ({self.dims.n_audio_ctx} positions), "
                              f"not {rows.shape[1]}: set SAELens's context_size to {self.dims.n_audio_ctx}")
