@@ -57,6 +57,7 @@ class ActivationStream(Iterator[Tensor]):
         self.seed, self.repeat, self.keep_in_memory = seed, repeat, keep_in_memory
         self.mixer = Mixer(buffer_size, batch_size, mix_fraction, seed)
         self._memory: list[Tensor] = []  # epoch 0's rows, one entry per model batch (keep_in_memory)
+        self._memory_complete = False
         self.epoch, self.group = 0, 0  # model batches read in the current epoch
         self.n_rows_read = 0  # real rows that came out of the model
         self.model_seconds = 0.0  # time spent in the model, for throughput reports
@@ -88,7 +89,7 @@ class ActivationStream(Iterator[Tensor]):
                 lambda end: end <= state["position"], itertools.accumulate(len(g) for g in self._epoch_groups(self.epoch))))
         if "mixer" in state:
             self.mixer.load_state_dict(state["mixer"])
-        self._memory, self._exhausted = [], False
+        self._memory, self._memory_complete, self._exhausted = [], False, False
 
     # ------------------------------------------------------------------ rows
     def _groups_of(self, epoch: int) -> list[list[Any]]:
@@ -136,12 +137,15 @@ class ActivationStream(Iterator[Tensor]):
 
     def _memory_groups(self, upto: int | None = None) -> list[Tensor]:
         """Epoch 0's rows per model batch (the first `upto`, else all), read again if lost."""
-        groups = self._epoch_groups(0) if self._groups is None or self._groups[0] == 0 else self._groups_of(0)
-        wanted = len(groups) if upto is None else upto
-        while len(self._memory) < wanted:
-            self._memory.append(self._model_rows(groups[len(self._memory)]))
-        if upto is None and not any(len(rows) for rows in self._memory):
-            raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
+        if not self._memory_complete:
+            groups = self._epoch_groups(0) if self._groups is None or self._groups[0] == 0 else self._groups_of(0)
+            wanted = len(groups) if upto is None else upto
+            while len(self._memory) < wanted:
+                self._memory.append(self._model_rows(groups[len(self._memory)]))
+            if upto is None:
+                if not any(len(rows) for rows in self._memory):
+                    raise ValueError(f"no real positions at {self.hook_name} in the dataset (silent or empty clips?)")
+                self._memory_complete = True
         return self._memory
 
     def __next__(self) -> Tensor:
