@@ -154,8 +154,8 @@ def reuse_all(monkeypatch, tiny_model):
 
 
 def _kept_buffers(model) -> int:
-    spares = [components._SPARES[m] for m in model.modules() if m in components._SPARES]
-    return sum(len(kept) for s in spares for kept in s.buffers.values())
+    layers = {id(m) for m in model.modules()}
+    return sum(id(owner()) in layers for _, owner in components._POOL.entries)
 
 
 def test_pattern_buffers_are_reused_only_after_the_cache_is_dropped(reuse_all):

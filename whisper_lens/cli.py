@@ -61,79 +61,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _noisy_word_pair(model, word_clip, word_index: int = 2):
-    """A clean/corrupted pair for patching: a word-boundary clip and the same clip with noise
-    over one word."""
-    import numpy as np
-
-    from whisper_lens.analysis.patching import patching_setup
-
-    word = word_clip.words[word_index]
-    noisy = word_clip.audio.copy()
-    a, b = int(word.start * 16000), int(word.end * 16000)
-    noisy[a:b] = 0.3 * np.random.default_rng(0).standard_normal(b - a).astype(np.float32)
-    return patching_setup(model, word_clip.audio, noisy, word_clip.text), word
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from whisper_lens.data import load_samples, load_word_samples
-    from whisper_lens.metrics import word_error_rate
-    from whisper_lens.names import get_act_name
-    from whisper_lens.report import build_report
-    from whisper_lens.sae.config import TrainSAEConfig
-    from whisper_lens.sae.train import train_sae
+    from whisper_lens.demo import DemoOptions, run_demo
 
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    stages = 5
-
-    def stage(i: int, text: str) -> None:
-        print(f"[{i}/{stages}] {text} ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-    stage(1, f"loading {args.model}")
-    model = _load(args.model, args.device)
-    print(f"      {model}  <- {model.source}")
-    clips = list(load_samples(limit=args.limit))
-    stage(2, f"transcribing {len(clips)} bundled samples")
-    from tqdm.auto import tqdm
-
-    hyps: list[str] = []
-    for start in tqdm(range(0, len(clips), args.batch_size), desc="transcribing", unit="batch"):
-        hyps += [t.text for t in model.transcribe(clips[start:start + args.batch_size])]
-    for clip, hyp in zip(clips, hyps):
-        mark = " " if word_error_rate([clip.text], [hyp]) == 0 else "*"
-        print(f"    {mark} {clip.id}: {hyp}")
-    print(f"      word error rate {word_error_rate([c.text for c in clips], hyps):.1%}")
-
-    sae = None
-    held_out = clips[-8:] if len(clips) > 16 else clips[-2:]
-    if not args.no_sae:
-        hook = get_act_name("resid_post", min(2, model.dims.n_audio_layer - 1), "encoder")
-        samples = 30_000 if args.quick else 300_000
-        stage(3, f"training a TopK SAE (8x, k=32) at {hook} on {samples:,} real frames")
-        cfg = TrainSAEConfig(
-            model=args.model, hook_name=hook, device=args.device, out_dir=str(out / "sae_run"),
-            data={"eval_clips": 0, "buffer_batches": 4, "keep_in_memory": True},
-            training={"total_training_samples": samples, "batch_size": 1024, "lr": 3e-3,
-                      "lr_scheduler": "cosineannealing", "dead_feature_window": 20, "n_checkpoints": 0},
-        )
-        train = [c for c in clips if c not in held_out]
-        sae = train_sae(cfg, model=model, clips=train, resume=False).sae
-    stage(4, "building the patching pair and scoring heads on word timings")
-    words = list(load_word_samples())
-    setup, word = _noisy_word_pair(model, words[0])
-    print(f"      clean/corrupted: {words[0].text!r} with noise over {word.word!r}")
-    stage(5, f"writing the report to {out}")
-    bar = tqdm(total=7, desc="report", unit="section")
-
-    def progress(section: str) -> None:
-        bar.set_postfix_str(section)
-        bar.update(1)
-
-    index = build_report(model, clips, out, word_clips=words, sae=sae, sae_eval_clips=held_out, patching=setup,
-                         quick=args.quick, log=progress)
-    bar.close()
-    print(f"done in {time.perf_counter() - t0:.0f} s. Open {index.resolve()}")
+    run_demo(DemoOptions(model=args.model, device=args.device, out=Path(args.out), quick=args.quick,
+                         sae=not args.no_sae, limit=args.limit, batch_size=args.batch_size))
     return 0
 
 

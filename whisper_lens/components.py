@@ -204,23 +204,23 @@ class Attention(nn.Module):
         mask = _causal_mask(n_query, n_key, q.device) if causal and n_query > 1 else None
         if _active(self.hook_attn_scores) or _active(self.hook_pattern):
             # Explicit path: the pattern is materialised so hooks can read or edit it.
-            spares = _spare_buffers(self, q, n_key) if mask is None else None
+            shape = _pattern_buffers(q, n_key) if mask is None else None
             q = q * self.d_head**-0.5
-            if spares is not None:
-                scores = torch.matmul(q, k.transpose(-1, -2), out=spares.take("scores"))
+            if shape is not None:
+                scores = torch.matmul(q, k.transpose(-1, -2), out=_POOL.take(self, q, shape))
             else:
                 scores = q @ k.transpose(-1, -2)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             scores = self.hook_attn_scores(scores.float())
-            if spares is not None and spares.matches(scores):  # a hook may return other scores
-                pattern = torch.softmax(scores, dim=-1, out=spares.take("pattern"))
-            else:
+            if shape is not None and (tuple(scores.shape), scores.dtype) == (shape, q.dtype):
+                pattern = torch.softmax(scores, dim=-1, out=_POOL.take(self, scores, shape))
+            else:  # a hook returned other scores
                 pattern = F.softmax(scores, dim=-1)
             pattern = self.hook_pattern(pattern).to(q.dtype)
             z = pattern @ v
         else:
-            _SPARES.pop(self, None)  # patterns are no longer wanted here: give their buffers back
+            _POOL.give_back([self])  # patterns are no longer wanted here: give back its free buffers
             z = _fused_attention(q, k, v, mask)
         return einops.rearrange(z, "b h p e -> b p h e")
 
@@ -234,18 +234,26 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
 # Attention scores and patterns are the largest activations: 54 MB per item and layer for tiny's
 # encoder. A fresh buffer that size is page-faulted in by the OS on every call, which made caching
 # every hook 1.5-2x slower than openai-whisper's explicit attention at batch 8 on the project's
-# CPU. So each layer keeps its last two score and pattern buffers and writes into one again once
-# nothing else holds it (the cache that received it was dropped). They are never used under
-# autograd or off the CPU, and are released by a forward that takes the fused path in that layer
-# and by `HookedWhisper.release_buffers()`.
-_SPARES: "weakref.WeakKeyDictionary[nn.Module, _SpareBuffers]" = weakref.WeakKeyDictionary()
+# CPU. So score and pattern buffers come from one pool shared by all layers: a buffer is written
+# again once nothing else holds it (the cache that received it was dropped, or the layer that
+# used it is done), so a pass that only hooks patterns reuses two buffers for every layer. The
+# pool keeps at most `pattern_buffer_limit()` bytes (buffers beyond it are plain allocations);
+# it is never used under autograd or off the CPU; a layer that takes the fused path gives back
+# the free buffers it used last, and `HookedWhisper.release_buffers()` gives back all of them.
 _MIN_SPARE_BYTES = 1 << 22  # smaller buffers come cheaply from the allocator's free lists
+_POOL_LIMIT_BYTES = [512 << 20]
 
 
-def release_spare_buffers(modules) -> None:
-    """Forget the kept score and pattern buffers of these modules (their memory is freed)."""
-    for module in modules:
-        _SPARES.pop(module, None)
+def pattern_buffer_limit(n_bytes: int | None = None) -> int:
+    """The most bytes of score and pattern buffers kept for reuse (default 512 MiB); with
+    `n_bytes`, set it (0 turns reuse off) and return the old value."""
+    old = _POOL_LIMIT_BYTES[0]
+    if n_bytes is not None:
+        if n_bytes < 0:
+            raise ValueError(f"pattern_buffer_limit must be >= 0 bytes, got {n_bytes}")
+        _POOL_LIMIT_BYTES[0] = int(n_bytes)
+        _POOL.shrink_to(int(n_bytes))
+    return old
 
 
 _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)  # private, but torch.utils.swap_tensors uses it
@@ -256,41 +264,63 @@ def _storage_users(t: Tensor) -> int | None:
     return _USE_COUNT(t.untyped_storage()._cdata) if _USE_COUNT is not None else None
 
 
-class _SpareBuffers:
-    """One layer's reusable score and pattern buffers for one shape, dtype and device.
+class _BufferPool:
+    """Score and pattern buffers kept for reuse, each with the layer that used it last."""
 
-    Two buffers per slot: in `for clip in clips: _, cache = model.run_with_cache(clip)` the
-    previous cache is still alive during each call, and the one before it is free."""
+    def __init__(self) -> None:
+        self.entries: list[tuple[Tensor, weakref.ref]] = []
 
-    def __init__(self, like: Tensor, shape: tuple[int, ...]):
-        self.shape, self.dtype, self.device = shape, like.dtype, like.device
-        self.buffers: dict[str, list[Tensor]] = {}
+    @staticmethod
+    def _free(buf: Tensor) -> bool:
+        return _ALONE is not None and _storage_users(buf) == _ALONE
 
-    def matches(self, like: Tensor, shape: tuple[int, ...] | None = None) -> bool:
-        """Whether buffers of `shape` (default: `like`'s) with `like`'s dtype and device are these."""
-        shape = tuple(like.shape) if shape is None else shape
-        return (self.shape, self.dtype, self.device) == (shape, like.dtype, like.device)
+    @property
+    def nbytes(self) -> int:
+        return sum(buf.nbytes for buf, _ in self.entries)
 
-    def take(self, slot: str) -> Tensor:
-        """A kept buffer that only this object holds, else a fresh one (kept for next time)."""
-        kept = self.buffers.setdefault(slot, [])
-        free = [buf for buf in kept if _ALONE is not None and _storage_users(buf) == _ALONE]
-        if free:
-            buf = free[0]
-        else:
-            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-            kept[:] = [*kept[-1:], buf]  # the older one is held elsewhere; let its holder own it
-        return buf.detach()  # an alias: whoever keeps it (or a view of it) raises the storage's count
+    def take(self, layer: nn.Module, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """A kept buffer of this shape that only the pool holds, else a fresh one (kept if the
+        limit allows, after giving back free buffers of other shapes)."""
+        key = (shape, like.dtype, like.device)
+        for i, (buf, _) in enumerate(self.entries):
+            if (tuple(buf.shape), buf.dtype, buf.device) == key and self._free(buf):
+                self.entries[i] = (buf, weakref.ref(layer))
+                return buf.detach()  # an alias: whoever keeps it (or a view of it) raises the count
+        buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+        limit = _POOL_LIMIT_BYTES[0]
+        if self.nbytes + buf.nbytes > limit:
+            self.entries = [(b, o) for b, o in self.entries
+                            if (tuple(b.shape), b.dtype, b.device) == key or not self._free(b)]
+        if self.nbytes + buf.nbytes <= limit:
+            self.entries.append((buf, weakref.ref(layer)))
+        return buf.detach()
+
+    def give_back(self, layers) -> None:
+        """Forget the buffers these layers used last (their memory is freed once nobody holds it)."""
+        if not self.entries:
+            return
+        gone = set(map(id, layers))
+        self.entries = [(b, o) for b, o in self.entries if o() is not None and id(o()) not in gone]
+
+    def shrink_to(self, limit: int) -> None:
+        while self.entries and self.nbytes > limit:
+            self.entries.pop(0)
 
 
-def _spare_buffers(layer: nn.Module, q: Tensor, n_key: int) -> _SpareBuffers | None:
+_POOL = _BufferPool()
+
+
+def release_spare_buffers(modules) -> None:
+    """Forget the kept score and pattern buffers these modules used last."""
+    _POOL.give_back(modules)
+
+
+def _pattern_buffers(q: Tensor, n_key: int) -> tuple[int, ...] | None:
+    """The score/pattern shape when this call may use pooled buffers, else None."""
     shape = (*q.shape[:-1], n_key)
     if torch.is_grad_enabled() or q.device.type != "cpu" or math.prod(shape) * q.element_size() < _MIN_SPARE_BYTES:
         return None  # autograd can't record `out=`; GPU allocators already cache their blocks
-    spares = _SPARES.get(layer)
-    if spares is None or not spares.matches(q, shape):
-        spares = _SPARES[layer] = _SpareBuffers(q, shape)
-    return spares
+    return shape
 
 
 _ALONE = _storage_users(torch.empty(1))  # the count for a tensor held in one place only

@@ -733,12 +733,13 @@ class HookedWhisper(SAESplicing, HookedRootModule):
     def release_buffers(self) -> None:
         """Free the attention score and pattern buffers kept for reuse.
 
-        After a call that cached or hooked attention patterns on the CPU without autograd, each
-        layer keeps its score and pattern buffers (once the cache that holds them is dropped) to
-        write the next call's patterns into them; fresh buffers that size cost page faults on
-        every call. A call that no longer needs a layer's patterns frees that layer's buffers;
-        this frees them all now. Each layer keeps at most two scores and two patterns of the
-        last call's shape (tiny.en's encoder: up to 4 x 54 MB per layer per item).
+        After a call that cached or hooked attention patterns on the CPU without autograd, the
+        score and pattern buffers are kept in one pool shared by all layers and written again
+        once nothing else holds them (the cache was dropped, or the layer is done); fresh
+        buffers that size cost page faults on every call. The pool holds at most
+        `whisper_lens.components.pattern_buffer_limit()` bytes (512 MiB by default; tiny.en's
+        encoder pattern is 54 MB per item and layer). A call in which a layer no longer needs
+        patterns frees the buffers that layer used last; this frees all of this model's now.
         """
         release_spare_buffers(self.modules())
 
@@ -760,13 +761,17 @@ def next_token_loss(
     loss_mask: Tensor | None = None,
     per_token: bool = False,
 ) -> Tensor:
-    """Teacher-forced cross-entropy (nats) of each next token; masked targets are excluded."""
-    log_probs = logits[:, :-1].float().log_softmax(-1)
-    nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-    mask = torch.ones_like(nll, dtype=torch.bool) if loss_mask is None else loss_mask[:, 1:].to(nll.device)
+    """Teacher-forced cross-entropy (nats) of each next token; masked targets are excluded (and
+    their logits never copied: memory grows with the targets that count, not the whole batch)."""
+    targets = tokens[:, 1:].to(logits.device)
+    mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask[:, 1:].to(logits.device).bool()
+    nll = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
+    if mask.any():
+        picked = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")
+        nll = nll.masked_scatter(mask, picked)
     if per_token:
-        return nll * mask
-    return (nll * mask).sum() / mask.sum().clamp(min=1)
+        return nll
+    return nll.sum() / mask.sum().clamp(min=1)
 
 
 def _shape_checked(hook_fn: Callable) -> Callable:

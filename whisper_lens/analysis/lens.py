@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from whisper_lens.audio import as_clips
 from whisper_lens.metrics import word_error_rate
 from whisper_lens.names import get_act_name
 
@@ -65,16 +66,22 @@ def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5) -> LogitL
     _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
     resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
     resid += [cache[get_act_name("resid_post", l, "decoder")] for l in range(model.dims.n_text_layer)]
-    stack = torch.stack(resid)  # [layer batch pos d]
-    logits = model.decoder_ln_final(stack) @ model.W_U
-    probs = logits.float().softmax(-1)
-    top_probs, top_tokens = probs.topk(k, dim=-1)
     target = torch.zeros_like(batch.tokens)
     target[:, :-1] = batch.tokens[:, 1:]
     mask = torch.zeros_like(batch.transcript_mask)
     mask[:, :-1] = batch.transcript_mask[:, 1:]
-    ref_prob = probs.gather(-1, target[None, ..., None].expand(len(stack), -1, -1, 1))[..., 0]
-    ref_rank = (probs > ref_prob[..., None]).sum(-1)
+    top_probs, top_tokens, ref_prob, ref_rank = [], [], [], []
+    for x in resid:  # one layer at a time: a [batch pos vocab] distribution each, not all at once
+        probs = (model.decoder_ln_final(x) @ model.W_U).float().softmax(-1)
+        values, tokens = probs.topk(k, dim=-1)
+        ref = probs.gather(-1, target[..., None])[..., 0]
+        top_probs.append(values)
+        top_tokens.append(tokens)
+        ref_prob.append(ref)
+        ref_rank.append((probs > ref[..., None]).sum(-1))
+        del probs
+    top_probs, top_tokens = torch.stack(top_probs), torch.stack(top_tokens)
+    ref_prob, ref_rank = torch.stack(ref_prob), torch.stack(ref_rank)
     top1 = top_tokens[..., 0]
     n = mask.sum().clamp(min=1)
     acc_final = torch.stack([((t == top1[-1]) & mask).sum() / n for t in top1])
@@ -91,32 +98,46 @@ def encoder_lens(
     layers: list[int] | None = None,
     texts: list[str] | None = None,
     max_new_tokens: int | None = None,
+    batch_size: int = 8,
 ) -> pd.DataFrame:
     """Transcribe from the residual stream after k encoder blocks, for each k in `layers`
     (default 0..n_audio_layer; k=0 is the conv stem's output, k=n the full model).
 
     Returns a frame with, per layer: `transcripts`, `wer_vs_reference` (when transcripts are
     known), `wer_vs_full` (against the full model's transcripts) and `cross_entropy` (teacher-
-    forced, nats per transcript token)."""
+    forced, nats per transcript token). Clips run `batch_size` at a time, so memory does not grow
+    with their number."""
     import pandas as pd
 
     n = model.dims.n_audio_layer
     layers = list(range(n + 1)) if layers is None else list(layers)
     if any(not 0 <= k <= n for k in layers):
         raise ValueError(f"encoder_lens layers must be in 0..{n} (blocks applied), got {layers}")
-    batch = model.prepare(clips, texts) if texts is not None else model.prepare(clips)
-    refs = batch.texts if all(t is not None for t in batch.texts) else None
-    full_xa = model.encode(batch)
-    full = [t.text for t in model.transcribe(encoder_out=full_xa, max_new_tokens=max_new_tokens)]
+    clips = list(as_clips(clips, texts))
+    with_refs = all(getattr(c, "text", None) is not None for c in clips)
+    hyps: dict[int, list[str]] = {k: [] for k in layers}
+    full: list[str] = []
+    nll = dict.fromkeys(layers, 0.0)
+    n_targets = 0
+    for start in range(0, len(clips), batch_size):  # memory grows with batch_size, not the clips
+        batch = model.prepare(clips[start : start + batch_size])
+        full_xa = model.encode(batch)
+        full += [t.text for t in model.transcribe(encoder_out=full_xa, max_new_tokens=max_new_tokens)]
+        for k in layers:
+            xa = full_xa if k == n else model.hook_encoder_out(
+                model.encoder_ln_final(model.encode(batch, stop_at_layer=k)))
+            hyps[k] += [t.text for t in model.transcribe(encoder_out=xa, max_new_tokens=max_new_tokens)]
+            if with_refs:
+                nll[k] += float(model(encoder_out=xa, decoder_input=batch.tokens, return_type="loss",
+                                      loss_per_token=True, loss_mask=batch.transcript_mask).sum())
+        if with_refs:
+            n_targets += int(batch.transcript_mask[:, 1:].sum())
+    refs = [c.text for c in clips] if with_refs else None
     rows = []
     for k in layers:
-        xa = full_xa if k == n else model.hook_encoder_out(model.encoder_ln_final(model.encode(batch, stop_at_layer=k)))
-        hyp = [t.text for t in model.transcribe(encoder_out=xa, max_new_tokens=max_new_tokens)]
-        row: dict[str, Any] = {"layer": k, "transcripts": hyp, "wer_vs_full": word_error_rate(full, hyp)}
+        row: dict[str, Any] = {"layer": k, "transcripts": hyps[k], "wer_vs_full": word_error_rate(full, hyps[k])}
         if refs is not None:
-            row["wer_vs_reference"] = word_error_rate(refs, hyp)
-            loss_mask = batch.transcript_mask
-            row["cross_entropy"] = float(model(encoder_out=xa, decoder_input=batch.tokens, return_type="loss",
-                                               loss_mask=loss_mask))
+            row["wer_vs_reference"] = word_error_rate(refs, hyps[k])
+            row["cross_entropy"] = nll[k] / max(n_targets, 1)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -36,7 +36,10 @@ def window_hook(window: int):
         n_query, n_key = scores.shape[-2], scores.shape[-1]
         q = torch.arange(n_query, device=scores.device)[:, None] + (n_key - n_query)
         k = torch.arange(n_key, device=scores.device)[None, :]
-        return scores.masked_fill((q - k).abs() > window, float("-inf"))
+        outside = (q - k).abs() > window
+        if scores.requires_grad:
+            return scores.masked_fill(outside, float("-inf"))
+        return scores.masked_fill_(outside, float("-inf"))  # in place: no second [batch head q k] buffer
 
     return hook
 
@@ -56,17 +59,22 @@ def restrict_attention(model: HookedWhisper, *, stack: Literal["encoder", "decod
 def attention_window_sweep(model: HookedWhisper, clips: Sequence[Any], *,
                            windows: Sequence[int | None] = (5, 10, 25, 50, 75, 100, 150, None),
                            stack: Literal["encoder", "decoder"] = "encoder", batch_size: int = 8,
-                           max_new_tokens: int | None = None) -> pd.DataFrame:
+                           encoder_batch_size: int = 2, max_new_tokens: int | None = None) -> pd.DataFrame:
     """Word error rate against the window size (None = unrestricted), against the references
     (when the clips have transcripts) and against the unrestricted model's transcripts.
-    `max_new_tokens` caps degenerate (looping) transcripts at small windows."""
+    `max_new_tokens` caps degenerate (looping) transcripts at small windows.
+
+    Clips are transcribed `batch_size` at a time; the restricted encoder runs on
+    `encoder_batch_size` windows at a time, since masking materialises its attention patterns
+    (tiny.en: 54 MB per window, layer and tensor)."""
     import pandas as pd
 
     clips = list(clips)
     refs = [getattr(c, "text", None) for c in clips]
 
     def run() -> list[str]:
-        return transcribe_texts(model, clips, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        return transcribe_texts(model, clips, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                encoder_batch_size=encoder_batch_size)
 
     full = run()
     rows = []

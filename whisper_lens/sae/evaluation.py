@@ -24,6 +24,7 @@ from torch import Tensor
 
 from whisper_lens.activations import batches_of, check_hooks, real_positions
 from whisper_lens.metrics import word_error_rate
+from whisper_lens.model import next_token_loss
 
 if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
@@ -196,9 +197,7 @@ def evaluate(
 
 
 def _nll(logits: Tensor, tokens: Tensor, targets: Tensor) -> float:
-    logp = logits[:, :-1].float().log_softmax(-1)
-    picked = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
-    return float((picked * targets[:, 1:]).sum())
+    return float(next_token_loss(logits, tokens, targets, per_token=True).sum())
 
 
 def _wers(model: HookedWhisper, sae: Any, clips: list[Any], hook_name: str, decoder: bool,
