@@ -110,7 +110,15 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="tune glibc to reuse freed buffers (whisper_lens.runtime.keep_freed_memory), "
                              "for both implementations")
+    parser.add_argument("--pattern-buffer-mib", type=int, default=None,
+                        help="bytes of attention buffers kept for reuse (whisper_lens.components."
+                             "pattern_buffer_limit; default 512 MiB). The 2026-11-26 numbers kept every layer's, "
+                             "about --pattern-buffer-mib 8192 for base at batch 8")
     args = parser.parse_args()
+    if args.pattern_buffer_mib is not None:
+        from whisper_lens.components import pattern_buffer_limit
+
+        pattern_buffer_limit(args.pattern_buffer_mib << 20)
     if args.keep_freed_memory:
         from whisper_lens.runtime import keep_freed_memory
 

@@ -117,6 +117,30 @@ def test_patching_clean_into_itself_gives_one_everywhere(tiny_model):
     assert blocks["decoder"].axes == ("component", "layer") and blocks["decoder"].values.shape == (3, 2)
 
 
+def test_encoder_patching_from_a_block_equals_the_full_corrupted_run(tiny_model):
+    """generic_patch starts encoder sites at their block (the blocks before it are unchanged);
+    the metric must equal a full corrupted forward with the same hook."""
+    c = clips(2)
+    setup = _setup(tiny_model, c[0], c[1])
+    sites = [("encoder_blocks.1.hook_resid_pre", (slice(None), slice(0, 4))),
+             ("encoder_blocks.0.hook_mlp_out", (slice(None), slice(2, 9))),
+             ("encoder_blocks.1.attn.hook_z", (slice(None), slice(None), 1))]
+    got = generic_patch(tiny_model, setup, sites)
+    _, clean = tiny_model.run_with_cache(setup.clean.mel, setup.tokens, names_filter=[n for n, _ in sites])
+    for value, (name, index) in zip(got, sites):
+        def write(act, hook, name=name, index=index):
+            act = act.clone()
+            act[index] = clean[name][index]
+            return act
+        with torch.no_grad():
+            full = setup.metric(tiny_model.run_with_hooks(setup.corrupted.mel, setup.tokens, fwd_hooks=[(name, write)]))
+        assert float(value) == pytest.approx(float(full), abs=1e-5), name
+    resid = tiny_model.encode(setup.corrupted, stop_at_layer=1)
+    torch.testing.assert_close(tiny_model.encode(resid, start_at_layer=1), tiny_model.encode(setup.corrupted))
+    with pytest.raises(ValueError, match="residual stream"):
+        tiny_model.encode(setup.corrupted.mel, start_at_layer=1)
+
+
 def test_restrict_attention_window(tiny_model):
     mel = torch.randn(1, 80, 32)
     with restrict_attention(tiny_model, window=0):

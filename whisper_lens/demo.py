@@ -50,7 +50,7 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
     from whisper_lens.data import load_samples, load_word_samples
     from whisper_lens.metrics import word_error_rate
     from whisper_lens.names import get_act_name
-    from whisper_lens.report import build_report
+    from whisper_lens.report import build_report, release_between_steps
     from whisper_lens.sae.config import TrainSAEConfig
     from whisper_lens.sae.train import train_sae
 
@@ -58,6 +58,8 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
     stages = 5
 
     def stage(i: int, key: str, text: str) -> None:
+        if i > 1:
+            release_between_steps(model)
         on_stage(key)
         print(f"[{i}/{stages}] {text} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -66,9 +68,10 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
     print(f"      {model}  <- {model.source}")
     clips = list(load_samples(limit=opts.limit))
     stage(2, "transcription", f"transcribing {len(clips)} bundled samples")
-    hyps: list[str] = []
+    transcripts = []
     for start in tqdm(range(0, len(clips), opts.batch_size), desc="transcribing", unit="batch"):
-        hyps += [t.text for t in model.transcribe(clips[start:start + opts.batch_size])]
+        transcripts += model.transcribe(clips[start:start + opts.batch_size])
+    hyps = [t.text for t in transcripts]
     for clip, hyp in zip(clips, hyps):
         mark = " " if word_error_rate([clip.text], [hyp]) == 0 else "*"
         print(f"    {mark} {clip.id}: {hyp}")
@@ -93,7 +96,7 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
     setup, word = noisy_word_pair(model, words[0])
     print(f"      clean/corrupted: {words[0].text!r} with noise over {word.word!r}")
     stage(5, "report", f"writing the report to {opts.out}")
-    bar = tqdm(total=7, desc="report", unit="section")
+    bar = tqdm(total=6 + 2 * opts.sae, desc="report", unit="section")
 
     def progress(section: str) -> None:
         on_stage(section)
@@ -101,7 +104,7 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
         bar.update(1)
 
     index = build_report(model, clips, opts.out, word_clips=words, sae=sae, sae_eval_clips=held_out,
-                         patching=setup, quick=opts.quick, log=progress)
+                         patching=setup, transcripts=transcripts, quick=opts.quick, log=progress)
     bar.close()
     on_stage("done")
     print(f"done in {time.perf_counter() - t0:.0f} s. Open {index.resolve()}")

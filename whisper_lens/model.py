@@ -514,16 +514,27 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     # ------------------------------------------------------------------ forward
     def encode(
-        self, audio: Any, *, stop_at_layer: int | None = None
+        self, audio: Any, *, stop_at_layer: int | None = None, start_at_layer: int | None = None
     ) -> Float[Tensor, "batch audio_pos d_model"]:
-        """Encoder output `xa` (or the residual stream before block `stop_at_layer`)."""
-        mel = self.to_mel(audio.mel if isinstance(audio, AudioBatch) else audio)
-        x = self.hook_conv1(F.gelu(self.conv1(mel)).transpose(1, 2))
-        # conv2 writes channels first; one copy here keeps the residual stream contiguous, so
-        # every later elementwise op, layer norm and linear runs on dense rows.
-        x = self.hook_audio_embed(F.gelu(self.conv2(x.transpose(1, 2))).transpose(1, 2).contiguous())
-        x = x + self.hook_audio_pos_embed(self.W_pos_audio.to(x.dtype).expand(x.shape[0], -1, -1))
-        for block in self.encoder_blocks[:stop_at_layer]:
+        """Encoder output `xa` (or the residual stream before block `stop_at_layer`).
+
+        With `start_at_layer=l` (as TransformerLens's `start_at_layer`), `audio` is the residual
+        stream before block l [batch audio_pos d_model] and only blocks l.. run."""
+        if start_at_layer is not None:
+            if not 0 <= start_at_layer <= self.dims.n_audio_layer:
+                raise ValueError(f"start_at_layer={start_at_layer} is outside [0, {self.dims.n_audio_layer}]")
+            x = torch.as_tensor(audio, device=self.device)
+            if x.ndim != 3 or x.shape[-1] != self.dims.n_audio_state:
+                raise ValueError(f"with start_at_layer, pass the residual stream [batch audio_pos "
+                                 f"{self.dims.n_audio_state}], not shape {tuple(x.shape)}")
+        else:
+            mel = self.to_mel(audio.mel if isinstance(audio, AudioBatch) else audio)
+            x = self.hook_conv1(F.gelu(self.conv1(mel)).transpose(1, 2))
+            # conv2 writes channels first; one copy here keeps the residual stream contiguous, so
+            # every later elementwise op, layer norm and linear runs on dense rows.
+            x = self.hook_audio_embed(F.gelu(self.conv2(x.transpose(1, 2))).transpose(1, 2).contiguous())
+            x = x + self.hook_audio_pos_embed(self.W_pos_audio.to(x.dtype).expand(x.shape[0], -1, -1))
+        for block in self.encoder_blocks[start_at_layer:stop_at_layer]:
             x = block(x)
         if stop_at_layer is not None:
             return x

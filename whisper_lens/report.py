@@ -24,12 +24,16 @@ import soundfile as sf
 import torch
 
 from whisper_lens.audio import SAMPLE_RATE
+from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate, word_errors
 from whisper_lens.names import get_act_name
 
 if TYPE_CHECKING:
     from whisper_lens.analysis.patching import PatchingSetup
     from whisper_lens.model import HookedWhisper
+
+
+BATCH = 4  # windows per forward pass in every step: the report's memory is one step's at this size
 
 
 @dataclass
@@ -39,6 +43,12 @@ class _Page:
 
     def add(self, key: str, heading: str, body: str) -> None:
         self.sections.append((key, heading, body))
+
+    def extend(self, key: str, body: str) -> None:
+        """Append to the section `key` (added by an earlier step)."""
+        i = next(i for i, (k, _, _) in enumerate(self.sections) if k == key)
+        k, heading, old = self.sections[i]
+        self.sections[i] = (k, heading, old + body)
 
     def view(self, view: Any) -> str:
         """A CircuitsVis view with its JS bundle inlined (about 1.3 MB), so the page works offline."""
@@ -98,10 +108,14 @@ def build_report(
     sae: Any = None,
     sae_eval_clips: Sequence[Any] | None = None,
     patching: PatchingSetup | None = None,
+    transcripts: Sequence[Any] | None = None,
     quick: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Write `out_dir/index.html` (figures, audio and feature pages beside it); returns its path."""
+    """Write `out_dir/index.html` (figures, audio and feature pages beside it); returns its path.
+
+    `transcripts` (one `Transcription` or text per clip, from `model.transcribe`) saves
+    transcribing the clips again."""
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     clips = list(clips)
@@ -111,7 +125,7 @@ def build_report(
                    quick)
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("transcripts", lambda: _transcripts(ctx)),
+        ("transcripts", lambda: _transcripts(ctx, transcripts)),
         ("heads", lambda: _heads(ctx, word_clips)),
         ("attention views", lambda: _attention(ctx)),
         ("encoder and logit lenses", lambda: _lenses(ctx)),
@@ -120,10 +134,12 @@ def build_report(
     if patching is not None:
         steps.append(("activation patching", lambda: _patching(ctx, patching)))
     if sae is not None:
-        steps.append(("SAE", lambda: _sae(ctx, sae, sae_eval_clips)))
+        steps.append(("SAE evaluation", lambda: _sae_evaluation(ctx, sae, sae_eval_clips)))
+        steps.append(("SAE dashboards", lambda: _sae_dashboards(ctx, sae)))
     for name, step in steps:
         log(name)
         step()
+        release_between_steps(model)
     ctx.page.add("about", "About this report",
                  f"<p>{html.escape(repr(model))} from {html.escape(model.source)}; built in "
                  f"{time.perf_counter() - started:.0f} s by whisper_lens.</p>")
@@ -132,21 +148,36 @@ def build_report(
     return index
 
 
-def _transcripts(ctx: _Context) -> None:
+def release_between_steps(model: HookedWhisper) -> None:
+    """What one step allocated is not held through the next: the model's kept pattern buffers
+    and the allocator's free pages go back (the report then peaks at its largest step, not at
+    the sum of them)."""
+    import gc
+
+    from whisper_lens.runtime import return_freed_memory
+
+    gc.collect()
+    model.release_buffers()
+    return_freed_memory()
+
+
+def _transcripts(ctx: _Context, given: Sequence[Any] | None) -> None:
+    if given is not None and len(given) != len(ctx.clips):
+        raise ValueError(f"{len(ctx.clips)} clips but {len(given)} transcripts; give one per clip")
+    texts = ([getattr(t, "text", t) for t in given] if given is not None
+             else transcribe_texts(ctx.model, ctx.clips, batch_size=BATCH))
     rows, refs, hyps = [], [], []
-    for start in range(0, len(ctx.clips), 8):
-        group = ctx.clips[start : start + 8]
-        for clip, result in zip(group, ctx.model.transcribe(group)):
-            name = f"{getattr(clip, 'id', len(rows))}.wav"
-            sf.write(ctx.out / "audio" / name, np.asarray(clip.audio, dtype=np.float32), SAMPLE_RATE)
-            ref = getattr(clip, "text", None)
-            errors = f"{word_errors(ref, result.text)[0]}" if ref else ""
-            rows.append(f"<tr><td>{html.escape(str(getattr(clip, 'id', '')))}</td><td><audio controls preload='none' "
-                        f"src='audio/{name}'></audio></td><td>{html.escape(ref or '')}</td>"
-                        f"<td>{html.escape(result.text)}</td><td>{errors}</td></tr>")
-            if ref:
-                refs.append(ref)
-                hyps.append(result.text)
+    for clip, text in zip(ctx.clips, texts):
+        name = f"{getattr(clip, 'id', len(rows))}.wav"
+        sf.write(ctx.out / "audio" / name, np.asarray(clip.audio, dtype=np.float32), SAMPLE_RATE)
+        ref = getattr(clip, "text", None)
+        errors = f"{word_errors(ref, text)[0]}" if ref else ""
+        rows.append(f"<tr><td>{html.escape(str(getattr(clip, 'id', '')))}</td><td><audio controls preload='none' "
+                    f"src='audio/{name}'></audio></td><td>{html.escape(ref or '')}</td>"
+                    f"<td>{html.escape(text)}</td><td>{errors}</td></tr>")
+        if ref:
+            refs.append(ref)
+            hyps.append(text)
     wer = f"<p>Word error rate {word_error_rate(refs, hyps):.1%} over {len(refs)} clips.</p>" if refs else ""
     ctx.page.add("transcripts", "Transcripts", wer + "<table><tr><th>clip</th><th>audio</th><th>reference</th>"
                  "<th>transcript</th><th>word errors</th></tr>" + "".join(rows) + "</table>")
@@ -239,7 +270,7 @@ def _lenses(ctx: _Context) -> None:
 
     if not all(getattr(c, "text", None) for c in ctx.few):
         return
-    lens = analysis.encoder_lens(ctx.model, ctx.few, max_new_tokens=64)
+    lens = analysis.encoder_lens(ctx.model, ctx.few, max_new_tokens=64, batch_size=BATCH)
     ctx.page.add("encoder-lens", "Encoder lens",
                  "<p>The residual stream after k encoder blocks, through the encoder's final layer norm, decoded "
                  "by the whole decoder (k = 0: the conv stem; the last k is the full model).</p>"
@@ -261,7 +292,8 @@ def _windows(ctx: _Context) -> None:
     from whisper_lens import analysis, views
 
     windows = [5, 25, 75, None] if ctx.quick else [2, 5, 10, 25, 50, 75, 150, None]
-    sweep = analysis.attention_window_sweep(ctx.model, ctx.few, windows=windows, max_new_tokens=64)
+    sweep = analysis.attention_window_sweep(ctx.model, ctx.few, windows=windows, max_new_tokens=64,
+                                            batch_size=BATCH)
     ys = ["wer_vs_full"] + (["wer_vs_reference"] if "wer_vs_reference" in sweep else [])
     ctx.page.add("windows", "Attention windows",
                  "<p>Encoder self-attention limited to +-k positions (20 ms each), as in Reid (2023).</p>"
@@ -290,19 +322,22 @@ def _patching(ctx: _Context, patching: PatchingSetup) -> None:
     ctx.page.add("patching", "Activation patching", body)
 
 
-def _sae(ctx: _Context, sae: Any, sae_eval_clips: Sequence[Any] | None) -> None:
-    from whisper_lens.analysis.features import feature_activations, feature_dashboard
+def _sae_evaluation(ctx: _Context, sae: Any, sae_eval_clips: Sequence[Any] | None) -> None:
     from whisper_lens.sae.evaluation import evaluate
 
-    model, out = ctx.model, ctx.out
     held_out = list(sae_eval_clips or ctx.few)
-    ev = evaluate(model, sae, held_out, out_dir=out / "figures", n_wer_clips=4 if ctx.quick else 16, verbose=False)
-    fa = feature_activations(model, sae, ctx.clips)
+    ev = evaluate(ctx.model, sae, held_out, out_dir=ctx.out / "figures", n_wer_clips=4 if ctx.quick else 16,
+                  batch_size=BATCH, verbose=False)
+    ctx.page.add("sae", "SAE features", f"<pre>{html.escape(ev.summary())}</pre><img src='figures/feature_density.png'>")
+    (ctx.out / "sae_metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+
+
+def _sae_dashboards(ctx: _Context, sae: Any) -> None:
+    from whisper_lens.analysis.features import feature_activations, feature_dashboard
+
+    fa = feature_activations(ctx.model, sae, ctx.clips, batch_size=BATCH)
     latents = fa.most_active(6 if ctx.quick else 12)
-    index = feature_dashboard(model, sae, ctx.clips, fa, latents=latents, out_dir=out / "features")
+    index = feature_dashboard(ctx.model, sae, ctx.clips, fa, latents=latents, out_dir=ctx.out / "features")
     links = "".join(f"<li><a href='features/latent_{l}.html'>latent {l}</a>: fires on {fa.density[l]:.2%} "
                     f"of frames, peak {fa.top_values[l, 0]:.2f}</li>" for l in latents)
-    ctx.page.add("sae", "SAE features",
-                 f"<pre>{html.escape(ev.summary())}</pre><img src='figures/feature_density.png'>"
-                 f"<h3>Dashboards</h3><p><a href='features/{index.name}'>all</a></p><ul>{links}</ul>")
-    (out / "sae_metrics.json").write_text(json.dumps(ev.to_dict(), indent=2))
+    ctx.page.extend("sae", f"<h3>Dashboards</h3><p><a href='features/{index.name}'>all</a></p><ul>{links}</ul>")

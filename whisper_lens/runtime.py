@@ -5,7 +5,8 @@ item). glibc serves blocks over 32 MB with mmap and returns them to the OS when 
 forward pass page-faults its buffers in again: on the project's 2-core machine that was 0.3-0.5 s
 of system time per tiny forward, for openai-whisper and HookedWhisper alike.
 `keep_freed_memory()` asks glibc to keep freed memory for reuse instead (process-wide, opt-in;
-the CLI's long jobs turn it on).
+the CLI's long jobs turn it on), and `return_freed_memory()` gives it back to the OS between
+stages, so one stage's buffers do not stay resident through the next.
 """
 
 from __future__ import annotations
@@ -36,15 +37,29 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Give the heap's free pages back to the OS now (glibc's `malloc_trim(0)`, which also frees
+    pages in the middle of the heap). Returns False where there is no glibc."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    return bool(trim(0)) if trim is not None else False
+
+
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     """Serve allocations up to `limit_bytes` from the heap and never trim it (glibc only).
 
     Returns True when the allocator took the settings, False elsewhere (macOS, musl, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

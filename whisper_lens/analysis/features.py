@@ -141,6 +141,16 @@ def feature_dashboard(model: HookedWhisper, sae: Any, clips: Sequence[Any], fa: 
     hook = fa.hook_name
     decoder = is_decoder_hook(hook)
     log_density = torch.log10(fa.density.clamp(min=1e-7)).numpy()
+    curves: dict[tuple[int, int], np.ndarray] = {}  # (clip index, latent) -> activation over the clip
+    if not decoder:  # one encoder pass per clip for all the latents shown on it
+        wanted: dict[int, set[int]] = {}
+        for latent in latents:
+            for ex in fa.top_examples(latent):
+                wanted.setdefault(ex["clip_index"], set()).add(latent)
+        for index, shown in wanted.items():
+            shown_list = sorted(shown)
+            for latent, curve in zip(shown_list, latent_curves(model, sae, clips[index].audio, shown_list)):
+                curves[index, latent] = curve
     pages = []
     for latent in latents:
         examples = fa.top_examples(latent)
@@ -162,7 +172,7 @@ def feature_dashboard(model: HookedWhisper, sae: Any, clips: Sequence[Any], fa: 
             sf.write(wav, crop, SAMPLE_RATE)
             png = out / "audio" / f"latent{latent}_{rank}.png"
             mel = log_mel_spectrogram(torch.from_numpy(crop), model.dims.n_mels)
-            views.save_figure(views.latent_example_plot(mel, latent_curve(model, sae, audio, latent), start_s=a / SAMPLE_RATE),
+            views.save_figure(views.latent_example_plot(mel, curves[ex["clip_index"], latent], start_s=a / SAMPLE_RATE),
                               png, formats=("png",), dpi=90)
             items.append(f"<div class='ex'><div>{html.escape(clip.id if hasattr(clip, 'id') else str(ex['clip']))}"
                          f" at {ex['time_s']:.2f} s, activation {ex['activation']:.2f}</div>"
@@ -189,12 +199,19 @@ def feature_dashboard(model: HookedWhisper, sae: Any, clips: Sequence[Any], fa: 
     return index
 
 
-@torch.no_grad()
 def latent_curve(model: HookedWhisper, sae: Any, audio: np.ndarray, latent: int) -> np.ndarray:
     """The latent's activation at each real encoder position of one clip."""
+    return latent_curves(model, sae, audio, [latent])[0]
+
+
+@torch.no_grad()
+def latent_curves(model: HookedWhisper, sae: Any, audio: np.ndarray, latents: Sequence[int]) -> np.ndarray:
+    """[latent real_pos]: each latent's activation at each real encoder position of one clip,
+    from one pass."""
     hook = sae.cfg.metadata.hook_name
     batch = model.prepare([audio])
     layer = model.hook_dict[hook].layer()
     _, cache = model.run_with_cache(batch.mel, names_filter=[hook], stop_at_layer=layer + 1)
     rows = cache[hook][real_positions(batch, hook, cache[hook].shape[1])]
-    return sae.encode(rows.reshape(len(rows), -1).to(sae.W_dec.dtype))[:, latent].float().cpu().numpy()
+    acts = sae.encode(rows.reshape(len(rows), -1).to(sae.W_dec.dtype))[:, list(latents)]
+    return acts.T.float().cpu().numpy()

@@ -56,14 +56,18 @@ class LogitLens:
 
 
 @torch.no_grad()
-def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5) -> LogitLens:
+def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5, encoder_batch_size: int = 4) -> LogitLens:
     """Next-token distributions read from the residual stream after each decoder block (and the
-    embeddings) at every transcript position of `batch` (built with transcripts)."""
+    embeddings) at every transcript position of `batch` (built with transcripts). The encoder
+    runs `encoder_batch_size` windows at a time and the vocabulary distributions one layer at a
+    time, so memory is about the encoder's for that many windows plus one [batch pos vocab]."""
     if batch.tokens is None:
         raise ValueError("logit_lens needs transcripts: build the batch with model.prepare(audio, text)")
     names = ["hook_embed", "hook_pos_embed"] + [get_act_name("resid_post", l, "decoder")
                                                for l in range(model.dims.n_text_layer)]
-    _, cache = model.run_with_cache(batch.mel, batch.tokens, names_filter=names)
+    step = max(1, encoder_batch_size)
+    xa = torch.cat([model.encode(batch.mel[i : i + step]) for i in range(0, len(batch.mel), step)])
+    _, cache = model.run_with_cache(encoder_out=xa, decoder_input=batch.tokens, names_filter=names)
     resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
     resid += [cache[get_act_name("resid_post", l, "decoder")] for l in range(model.dims.n_text_layer)]
     target = torch.zeros_like(batch.tokens)

@@ -111,6 +111,14 @@ def generic_patch(model: HookedWhisper, setup: PatchingSetup, sites: Sequence[tu
     names = sorted({name for name, _ in sites})
     _, clean_cache = model.run_with_cache(setup.clean.mel, setup.tokens, names_filter=names)
     corrupted_xa = model.encode(setup.corrupted)
+    resid_before: dict[int, Tensor] = {}  # the corrupted run up to an encoder block, computed once
+
+    def encoder_from(name: str) -> Tensor:
+        layer = model.hook_dict[name].layer()
+        if layer not in resid_before:
+            resid_before[layer] = model.encode(setup.corrupted, stop_at_layer=layer)
+        return model.encode(resid_before[layer], start_at_layer=layer)
+
     out = []
     with torch.no_grad():
         for name, index in sites:
@@ -122,6 +130,9 @@ def generic_patch(model: HookedWhisper, setup: PatchingSetup, sites: Sequence[tu
             if name.startswith(("decoder", "hook_embed", "hook_pos_embed")):  # the encoder is unchanged
                 logits = model.run_with_hooks(encoder_out=corrupted_xa, decoder_input=setup.tokens,
                                               fwd_hooks=[(name, write)])
+            elif name.startswith("encoder_blocks."):  # blocks before the site are unchanged
+                with model.hooks(fwd_hooks=[(name, write)]):
+                    logits = model(encoder_out=encoder_from(name), decoder_input=setup.tokens)
             else:
                 logits = model.run_with_hooks(setup.corrupted.mel, setup.tokens, fwd_hooks=[(name, write)])
             out.append(metric(logits).squeeze())

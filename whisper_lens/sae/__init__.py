@@ -6,6 +6,7 @@
     saelens_dataset(model, clips, hook_name=...)   rows SAELens's runner, ActivationsStore and run_evals read
     cache_activations(model, clips, hooks, dir)    cached activations SAELens reads (route 3)
     evaluate(model, sae, clips)                    reconstruction, sparsity, spliced CE and WER
+    load_pretrained("audiosae", model="small", layer=6)   published Whisper SAEs (AudioSAE, FREUD)
     TrainSAEConfig                                 pydantic config, loadable from YAML (configs/)
 
 Splicing an SAE into the model is on the model: `model.add_sae(sae)`, `model.saes([...])`.
@@ -28,6 +29,7 @@ _EXPORTS = {
     "TrainResult": "whisper_lens.sae.train",
     "TrainSAEConfig": "whisper_lens.sae.config",
     "evaluate": "whisper_lens.sae.evaluation",
+    "load_pretrained": "whisper_lens.sae.pretrained",
     "audio_evaluator": "whisper_lens.sae.evaluation",
     "SAEEvaluation": "whisper_lens.sae.evaluation",
 }

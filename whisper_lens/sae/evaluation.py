@@ -181,7 +181,8 @@ def evaluate(
     recovered = None
     if has_text and ce["zero"] != ce["clean"]:
         recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"])
-    wers = _wers(model, sae, clips, hook_name, decoder, n_wer_clips, scaler) if has_text else (None, None, None)
+    wers = _wers(model, sae, clips, hook_name, decoder, n_wer_clips, scaler, batch_size) if has_text \
+        else (None, None, None)
     plot = _density_plot(density, hook_name, Path(out_dir)) if out_dir is not None else None
     result = SAEEvaluation(
         hook_name=hook_name, n_positions=n, explained_variance=1 - sse / total if total > 0 else math.nan,
@@ -201,14 +202,14 @@ def _nll(logits: Tensor, tokens: Tensor, targets: Tensor) -> float:
 
 
 def _wers(model: HookedWhisper, sae: Any, clips: list[Any], hook_name: str, decoder: bool,
-          n_wer_clips: int | None, scaler: Any) -> tuple[float | None, float | None, float | None]:
+          n_wer_clips: int | None, scaler: Any, batch_size: int) -> tuple[float | None, float | None, float | None]:
     chosen = clips if n_wer_clips is None else clips[:n_wer_clips]
     if not chosen:
         return None, None, None
     refs = [c.text for c in chosen]
     clean, spliced = [], []
-    for start in range(0, len(chosen), 8):
-        batch = model.prepare(chosen[start : start + 8], chunk=True)
+    for start in range(0, len(chosen), batch_size):
+        batch = model.prepare(chosen[start : start + batch_size], chunk=True)
         # Encoder SAEs replace real frames only; decoder SAEs every generated position.
         mask = None if decoder else batch.audio_mask
         clean += [t.text for t in model.transcribe(batch)]
