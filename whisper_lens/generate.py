@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from whisper_lens.audio import AudioBatch
+from whisper_lens.audio import HOP_LENGTH, AudioBatch
 from whisper_lens.components import KVCache
+from whisper_lens.timing import WordTiming, window_word_timings
 
 if TYPE_CHECKING:
     from whisper_lens.model import HookedWhisper
@@ -38,6 +39,7 @@ class Transcription:
     avg_logprob: float  # mean log-probability per generated token (end-of-text included)
     no_speech_prob: float  # probability of <|nospeech|> at the start-of-transcript position
     language: str | None  # language of the prompt (None for English-only models)
+    words: tuple[WordTiming, ...] | None = None  # with word_timestamps=True (openai-whisper's fields)
 
 
 def suppress_tokens(model: HookedWhisper) -> list[int]:
@@ -191,6 +193,8 @@ def transcribe(
     max_new_tokens: int | None = None,
     sample_rate: int | None = None,
     encoder_batch_size: int | None = None,
+    word_timestamps: bool = False,
+    alignment_heads: Sequence[tuple[int, int]] | Tensor | None = None,
 ) -> list[Transcription]:
     """Transcribe each input: clips of any length (split into 30 s windows and joined), a list of
     waveforms or paths, an `AudioBatch`, a log-mel batch [batch n_mels 3000], or (instead of
@@ -200,7 +204,11 @@ def transcribe(
     `encoder_batch_size` runs the encoder on at most that many windows per call (decoding still
     runs on all of them at once): it bounds memory when hooks materialise encoder attention
     patterns (tiny.en: 54 MB per window, layer and tensor). Encoder hooks then fire once per
-    group of windows."""
+    group of windows.
+
+    `word_timestamps=True` adds `.words` (`word`, `start`, `end`, `probability`), computed as
+    openai-whisper computes them (see `whisper_lens.timing`), from `alignment_heads` (default:
+    the model's table; e.g. `find_alignment_heads(...)` for a checkpoint without one)."""
     if (audio is None) == (encoder_out is None):
         raise ValueError("pass exactly one of `audio` and `encoder_out`")
     if beam_size is not None and (beam_size < 1 or temperature > 0):
@@ -209,6 +217,9 @@ def transcribe(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if encoder_batch_size is not None and encoder_batch_size < 1:
         raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
+    if word_timestamps and (encoder_out is not None or task == "translate"):
+        raise ValueError("word_timestamps needs the audio (not encoder_out) and task='transcribe'")
+    n_frames: list[int] | None = None  # real mel frames per window, for word timestamps
     if encoder_out is not None:
         mel, offsets = None, [0.0] * encoder_out.shape[0]
     elif isinstance(audio, Tensor) and audio.is_floating_point() and audio.ndim == 3:
@@ -216,6 +227,7 @@ def transcribe(
     else:
         batch = audio if isinstance(audio, AudioBatch) else model.prepare(audio, chunk=True, sample_rate=sample_rate)
         mel, offsets = batch.mel, list(batch.offsets)
+        n_frames = (batch.n_samples // HOP_LENGTH).tolist()
     max_new = max_new_tokens or model.dims.n_text_ctx // 2
     filters = _Filters(model)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
@@ -232,10 +244,23 @@ def transcribe(
             seqs, lps, no_speech = _beam(model, encoder_out, prompts, max_new, beam_size, filters)
         else:
             seqs, lps, no_speech = _sample(model, encoder_out, prompts, max_new, temperature, filters)
-    return _join_windows(model, offsets, seqs, lps, no_speech, languages)
+        words = None
+        if word_timestamps:
+            assert mel is not None
+            frames = n_frames or [mel.shape[-1]] * len(seqs)
+            words, last = [], 0.0
+            for k, seq in enumerate(seqs):
+                if offsets[k] == 0:
+                    last = 0.0  # a new source
+                window = mel[k].clone()
+                window[:, frames[k]:] = 0  # openai-whisper's transcribe zero-pads the log-mel after the audio
+                found, last = window_word_timings(model, seq, window, frames[k], offset=offsets[k], last_speech=last,
+                                                  heads=alignment_heads, language=languages[k], task=task)
+                words.append(found)
+    return _join_windows(model, offsets, seqs, lps, no_speech, languages, words)
 
 
-def _join_windows(model, offsets, seqs, lps, no_speech, languages) -> list[Transcription]:
+def _join_windows(model, offsets, seqs, lps, no_speech, languages, words=None) -> list[Transcription]:
     """Consecutive windows of one source (offset > 0 continues a clip) become one transcript."""
     results: list[Transcription] = []
     start = 0
@@ -251,6 +276,7 @@ def _join_windows(model, offsets, seqs, lps, no_speech, languages) -> list[Trans
             avg_logprob=sum(lps[start:end]) / n_scored,
             no_speech_prob=float(no_speech[start]),
             language=languages[start] if model.dims.is_multilingual else None,
+            words=tuple(w for k in range(start, end) for w in words[k]) if words is not None else None,
         ))
         start = end
     return results
