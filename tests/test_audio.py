@@ -231,3 +231,18 @@ def test_to_tokens_with_prompt_language_and_timestamps(tiny_model):
     multi = HookedWhisper.from_state_dict(DIMS["multilingual"], random_openai(DIMS["multilingual"]).state_dict())
     strs = multi.to_str_tokens(multi.to_tokens("hola", language="es", task="translate"))[0]
     assert strs[:4] == ["<|startoftranscript|>", "<|es|>", "<|translate|>", "<|notimestamps|>"]
+
+
+def test_augment_speed_and_noise_variants():
+    from whisper_lens.data import AudioExample, augment
+
+    rng = np.random.default_rng(0)
+    clip = AudioExample("c", (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000, "some words")
+    faster, slower, noisy = augment([clip], speeds=(1.25, 0.8), snr_db=(10.0,))
+    assert (faster.id, slower.id, noisy.id) == ("c_speed1.25", "c_speed0.8", "c_snr10")
+    assert len(faster.audio) == 12800 and len(slower.audio) == 20000  # length / speed
+    assert all(v.text == "some words" and v.audio.dtype == np.float32 for v in (faster, slower, noisy))
+    snr = 10 * np.log10(np.mean(clip.audio**2) / np.mean((noisy.audio - clip.audio) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.3)
+    with pytest.raises(ValueError, match="positive"):
+        list(augment([clip], speeds=(0,)))

@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -187,3 +187,28 @@ def length_stats(examples: Iterable[AudioExample]) -> LengthStats:
         raise ValueError("no examples")
     return LengthStats(int(seconds.size), float(seconds.sum()), float(seconds.mean()), float(seconds.min()),
                        float(seconds.max()), float(np.minimum(seconds / 30.0, 1.0).mean()))
+
+
+def augment(examples: Iterable[AudioExample], *, speeds: Sequence[float] = (0.9, 1.1),
+            snr_db: Sequence[float] = (20.0,), seed: int = 0) -> Iterator[AudioExample]:
+    """Variants of each clip for SAE training on little speech: speed perturbation (resampled,
+    so tempo and pitch change together, as Kaldi's and ESPnet's speed perturbation) and white
+    noise at each signal-to-noise ratio (dB, against the clip's mean power). The originals are
+    not repeated; ids get `_speed0.9` / `_snr20` suffixes and the transcript is kept."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(seed)
+    for example in examples:
+        audio = np.asarray(example.audio, dtype=np.float32)
+        for speed in speeds:
+            if speed <= 0:
+                raise ValueError(f"speeds must be positive, got {speed}")
+            ratio = Fraction(speed).limit_denominator(100)  # output length = input length / speed
+            faster = resample_poly(audio, ratio.denominator, ratio.numerator).astype(np.float32)
+            yield replace(example, id=f"{example.id}_speed{speed:g}", audio=faster, words=None)
+        power = float(np.mean(audio**2))
+        for snr in snr_db:
+            noise = rng.standard_normal(len(audio)).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+            yield replace(example, id=f"{example.id}_snr{snr:g}", audio=audio + noise)

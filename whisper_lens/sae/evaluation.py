@@ -61,6 +61,8 @@ class SAEEvaluation:
             f"  explained variance  {fmt(self.explained_variance)}    normalised MSE {fmt(self.nmse)}",
             f"  L0                  {fmt(self.l0, '.1f')}      dead {fmt(self.dead_fraction, '.2%')}"
             f"   dense (>10%) {fmt(self.dense_fraction, '.2%')}",
+            f"  dead is measured on {self.n_positions} positions: {fmt(self.expected_firings, '.1f')} expected "
+            f"firings per latent (L0 x positions / latents)",
             f"  cross-entropy       clean {fmt(self.ce_clean)}  spliced {fmt(self.ce_spliced)}  "
             f"zero-ablated {fmt(self.ce_zero)}  recovered {fmt(self.ce_recovered, '.1%')}",
             f"  word error rate     clean {fmt(self.wer_clean, '.1%')}  spliced {fmt(self.wer_spliced, '.1%')}  "
@@ -70,8 +72,15 @@ class SAEEvaluation:
             lines.append(f"  feature density     {self.density_plot}")
         return "\n".join(lines)
 
+    @property
+    def expected_firings(self) -> float:
+        """Firings per latent if every latent fired equally often: how much "dead" can be trusted
+        (under about 10, a live latent can fail to fire on these positions by chance)."""
+        return self.l0 * self.n_positions / max(len(self.density), 1)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["expected_firings"] = self.expected_firings
         out.pop("density")
         return out
 
