@@ -35,6 +35,7 @@ def _model():
 
 def _cases(model, tmp: Path) -> list[tuple[str, Callable[[], object]]]:
     from whisper_lens.loading import load_checkpoint
+    from whisper_lens.sae.pretrained import load_pretrained
 
     window = model.dims.n_mel_frames * 160
     nan = torch.zeros(1, window)
@@ -65,6 +66,10 @@ def _cases(model, tmp: Path) -> list[tuple[str, Callable[[], object]]]:
         ("a Hugging Face folder without config.json", lambda: load_checkpoint(tmp / "hf")),
         ("a broken config.json", lambda: load_checkpoint(tmp / "badjson")),
         ("a local path that does not exist", lambda: load_checkpoint("./models/tiny")),
+        ("word timestamps from a precomputed encoder output",
+         lambda: model.transcribe(encoder_out=torch.zeros(1, 16, 64), word_timestamps=True)),
+        ("a published SAE layer that does not exist", lambda: load_pretrained("audiosae", model="small", layer=13)),
+        ("a FREUD folder without its checkpoint", lambda: load_pretrained("freud", path=tmp / "hf")),
     ]
 
 
