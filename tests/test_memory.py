@@ -25,6 +25,8 @@ def peak_growth_mib(function: str, n_clips: int) -> float:
 @needs_proc
 @pytest.mark.parametrize("function", ["head_scores", "encoder_lens", "attention_window_sweep"])
 def test_peak_memory_does_not_grow_with_the_number_of_clips(function):
-    few, many = peak_growth_mib(function, 4), peak_growth_mib(function, 16)
-    # 12 more clips held at once would add at least 12 windows' buffers: over 400 MB here.
-    assert many <= 1.25 * few + 40, f"{function}: +{few:.0f} MiB on 4 clips, +{many:.0f} MiB on 32"
+    # 8 clips fill one batch of every function's default size, so both runs use the same batches
+    few, many = peak_growth_mib(function, 8), peak_growth_mib(function, 24)
+    # 16 more clips held at once would add at least 16 windows' buffers: over 500 MB here. The
+    # allocator's fragmentation moves a peak by tens of MB from run to run (head_scores: 180-255).
+    assert many <= 1.5 * few + 50, f"{function}: +{few:.0f} MiB on 8 clips, +{many:.0f} MiB on 24"
