@@ -59,7 +59,8 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
     from whisper_lens.data import augment, load_samples, load_word_samples, shuffle
     from whisper_lens.metrics import word_error_rate
     from whisper_lens.names import get_act_name
-    from whisper_lens.report import build_report, release_between_steps
+    from whisper_lens.report import build_report
+    from whisper_lens.runtime import release_memory
     from whisper_lens.sae.config import TrainSAEConfig
     from whisper_lens.sae.train import train_sae
 
@@ -68,7 +69,7 @@ def run_demo(opts: DemoOptions, on_stage: Callable[[str], None] = lambda name: N
 
     def stage(i: int, key: str, text: str) -> None:
         if i > 1:
-            release_between_steps(model)
+            release_memory(model)
         on_stage(key)
         print(f"[{i}/{stages}] {text} ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -215,8 +215,6 @@ def transcribe(
         raise ValueError("beam_size must be >= 1 and needs temperature=0")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if encoder_batch_size is not None and encoder_batch_size < 1:
-        raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
     if word_timestamps and (encoder_out is not None or task == "translate"):
         raise ValueError("word_timestamps needs the audio (not encoder_out) and task='transcribe'")
     n_frames: list[int] | None = None  # real mel frames per window, for word timestamps
@@ -232,8 +230,7 @@ def transcribe(
     filters = _Filters(model)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         if encoder_out is None:
-            step = encoder_batch_size or len(mel)
-            encoder_out = torch.cat([model.encode(mel[i : i + step]) for i in range(0, len(mel), step)])
+            encoder_out = model.encode(mel, batch_size=encoder_batch_size)
         if model.dims.is_multilingual and language is None:
             languages = detect_language(model, encoder_out)[0]
         else:

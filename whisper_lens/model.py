@@ -514,12 +514,23 @@ class HookedWhisper(SAESplicing, HookedRootModule):
 
     # ------------------------------------------------------------------ forward
     def encode(
-        self, audio: Any, *, stop_at_layer: int | None = None, start_at_layer: int | None = None
+        self, audio: Any, *, stop_at_layer: int | None = None, start_at_layer: int | None = None,
+        batch_size: int | None = None,
     ) -> Float[Tensor, "batch audio_pos d_model"]:
         """Encoder output `xa` (or the residual stream before block `stop_at_layer`).
 
         With `start_at_layer=l` (as TransformerLens's `start_at_layer`), `audio` is the residual
-        stream before block l [batch audio_pos d_model] and only blocks l.. run."""
+        stream before block l [batch audio_pos d_model] and only blocks l.. run.
+
+        `batch_size` runs at most that many windows per pass and concatenates the outputs: it
+        bounds memory (on the CPU even fused attention holds one [head 1500 1500] matrix per
+        window; hooked patterns hold more). Encoder hooks then fire once per group."""
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            rows = audio.mel if isinstance(audio, AudioBatch) else audio
+            return torch.cat([self.encode(rows[i : i + batch_size], stop_at_layer=stop_at_layer,
+                                          start_at_layer=start_at_layer) for i in range(0, len(rows), batch_size)])
         if start_at_layer is not None:
             if not 0 <= start_at_layer <= self.dims.n_audio_layer:
                 raise ValueError(f"start_at_layer={start_at_layer} is outside [0, {self.dims.n_audio_layer}]")

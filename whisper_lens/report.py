@@ -27,6 +27,7 @@ from whisper_lens.audio import SAMPLE_RATE
 from whisper_lens.generate import transcribe_texts
 from whisper_lens.metrics import word_error_rate, word_errors
 from whisper_lens.names import get_act_name
+from whisper_lens.runtime import release_memory
 
 if TYPE_CHECKING:
     from whisper_lens.analysis.patching import PatchingSetup
@@ -140,26 +141,13 @@ def build_report(
     for name, step in steps:
         log(name)
         step()
-        release_between_steps(model)
+        release_memory(model)
     ctx.page.add("about", "About this report",
                  f"<p>{html.escape(repr(model))} from {html.escape(model.source)}; built in "
                  f"{time.perf_counter() - started:.0f} s by whisper_lens.</p>")
     index = out / "index.html"
     index.write_text(ctx.page.render())
     return index
-
-
-def release_between_steps(model: HookedWhisper) -> None:
-    """What one step allocated is not held through the next: the model's kept pattern buffers
-    and the allocator's free pages go back (the report then peaks at its largest step, not at
-    the sum of them)."""
-    import gc
-
-    from whisper_lens.runtime import return_freed_memory
-
-    gc.collect()
-    model.release_buffers()
-    return_freed_memory()
 
 
 def _transcripts(ctx: _Context, given: Sequence[Any] | None) -> None:

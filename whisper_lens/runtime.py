@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Any
 
 import torch
 
@@ -52,6 +53,18 @@ def return_freed_memory() -> bool:
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     return bool(trim(0)) if trim is not None else False
+
+
+def release_memory(model: Any = None) -> None:
+    """Between the stages of a long job: collect garbage, free the model's kept attention
+    buffers (`HookedWhisper.release_buffers`) and give the heap's free pages back to the OS, so
+    a job peaks at its largest stage, not at the sum of them."""
+    import gc
+
+    gc.collect()
+    if model is not None:
+        model.release_buffers()
+    return_freed_memory()
 
 
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:

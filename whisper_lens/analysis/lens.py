@@ -65,8 +65,7 @@ def logit_lens(model: HookedWhisper, batch: AudioBatch, *, k: int = 5, encoder_b
         raise ValueError("logit_lens needs transcripts: build the batch with model.prepare(audio, text)")
     names = ["hook_embed", "hook_pos_embed"] + [get_act_name("resid_post", l, "decoder")
                                                for l in range(model.dims.n_text_layer)]
-    step = max(1, encoder_batch_size)
-    xa = torch.cat([model.encode(batch.mel[i : i + step]) for i in range(0, len(batch.mel), step)])
+    xa = model.encode(batch.mel, batch_size=encoder_batch_size)
     _, cache = model.run_with_cache(encoder_out=xa, decoder_input=batch.tokens, names_filter=names)
     resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
     resid += [cache[get_act_name("resid_post", l, "decoder")] for l in range(model.dims.n_text_layer)]
@@ -125,11 +124,13 @@ def encoder_lens(
     n_targets = 0
     for start in range(0, len(clips), batch_size):  # memory grows with batch_size, not the clips
         batch = model.prepare(clips[start : start + batch_size])
-        full_xa = model.encode(batch)
+        resid = [model.encode(batch, stop_at_layer=0)]  # after k blocks, each block run once
+        for block in range(n):
+            resid.append(model.encode(resid[-1], start_at_layer=block, stop_at_layer=block + 1))
+        full_xa = model.hook_encoder_out(model.encoder_ln_final(resid[n]))
         full += [t.text for t in model.transcribe(encoder_out=full_xa, max_new_tokens=max_new_tokens)]
         for k in layers:
-            xa = full_xa if k == n else model.hook_encoder_out(
-                model.encoder_ln_final(model.encode(batch, stop_at_layer=k)))
+            xa = full_xa if k == n else model.hook_encoder_out(model.encoder_ln_final(resid[k]))
             hyps[k] += [t.text for t in model.transcribe(encoder_out=xa, max_new_tokens=max_new_tokens)]
             if with_refs:
                 nll[k] += float(model(encoder_out=xa, decoder_input=batch.tokens, return_type="loss",
