@@ -26,7 +26,7 @@ def peak_growth_mib(function: str, n_clips: int) -> float:
 @pytest.mark.parametrize("function", ["head_scores", "encoder_lens", "attention_window_sweep"])
 def test_peak_memory_does_not_grow_with_the_number_of_clips(function):
     # 8 clips fill one batch of every function's default size, so both runs use the same batches
-    few, many = peak_growth_mib(function, 8), peak_growth_mib(function, 24)
-    # 16 more clips held at once would add at least 16 windows' buffers: over 500 MB here. The
-    # allocator's fragmentation moves a peak by tens of MB from run to run (head_scores: 180-255).
-    assert many <= 1.5 * few + 50, f"{function}: +{few:.0f} MiB on 8 clips, +{many:.0f} MiB on 24"
+    few, many = peak_growth_mib(function, 8), peak_growth_mib(function, 40)
+    # Holding all 40 clips at once (encoder_lens with batch_size=len(clips)) grows 77 -> 533 MiB;
+    # streaming grows by at most about 50, and the allocator moves a peak by up to ~75 run to run.
+    assert many - few <= 150, f"{function}: +{few:.0f} MiB on 8 clips, +{many:.0f} MiB on 40"
